@@ -1,0 +1,120 @@
+"""The model runner: owns the model and the KV cache, turns a scheduled step into tensors, runs, samples.
+
+Per step it builds flat Python lists (input ids, positions, cache slots, block tables, lengths), converts
+each to a tensor once, runs the model over all tokens of the step together, computes logits only for the
+last token of sequences that completed their prompt/decode, and samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from inference.attention import (AttentionMetadata, allocate_kv_caches, build_attention_metadata,
+                                 kv_bytes_per_block)
+from inference.config import EngineConfig, ModelConfig
+from inference.sampling import SamplingRow, TokenLogprob, make_generator, sample
+from inference.scheduler import ScheduledChunk
+from inference.sequence import Sequence
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """Tensors for one forward pass."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor  # [N] flat index of the last token of each sequence that samples this step
+    sampled_seqs: list[Sequence]
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    """One new token (and optional logprobs) for each sequence that completed its scheduled tokens."""
+
+    seqs: list[Sequence]
+    token_ids: list[int]
+    logprobs: list[TokenLogprob | None]
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def plan_num_blocks(model_config: ModelConfig, config: EngineConfig, max_model_len: int) -> int:
+    """KV blocks that fit the configured budget, capped at what max_num_seqs full-length sequences use."""
+    per_block = kv_bytes_per_block(model_config.num_hidden_layers, config.kv_block_size,
+                                   model_config.num_key_value_heads, model_config.head_dim,
+                                   resolve_dtype(config.dtype))
+    budget = config.kv_cache_bytes or int(config.kv_cache_memory_fraction * _free_memory(config.device))
+    needed = config.max_num_seqs * -(-max_model_len // config.kv_block_size)
+    num_blocks = min(budget // per_block, needed)
+    if num_blocks < 1:
+        raise ValueError(f"KV cache budget {budget} bytes is smaller than one block ({per_block} bytes)")
+    return num_blocks
+
+
+def _free_memory(device: str) -> int:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return psutil.virtual_memory().available
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, model_config: ModelConfig, config: EngineConfig, num_blocks: int):
+        self.device = torch.device(config.device)
+        self.dtype = resolve_dtype(config.dtype)
+        self.block_size = config.kv_block_size
+        if config.num_threads and self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.kv_caches = allocate_kv_caches(model_config.num_hidden_layers, num_blocks, self.block_size,
+                                            model_config.num_key_value_heads, model_config.head_dim,
+                                            self.dtype, self.device)
+        self.generators: dict[str, torch.Generator] = {}
+
+    @torch.inference_mode()
+    def run(self, chunks: list[ScheduledChunk]) -> RunnerOutput:
+        inputs = self.prepare(chunks)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)  # [T, H]
+        if not inputs.sampled_seqs:
+            return RunnerOutput([], [], [])
+        logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [N, vocab]
+        token_ids, logprobs = sample(logits, [self._sampling_row(seq) for seq in inputs.sampled_seqs])
+        return RunnerOutput(inputs.sampled_seqs, token_ids, logprobs)
+
+    def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
+        """Flat lists for every scheduled token, then one tensor each."""
+        input_ids, positions, slot_mapping, logits_rows, sampled = [], [], [], [], []
+        for chunk in chunks:
+            seq, start = chunk.seq, chunk.seq.num_computed_tokens
+            span = range(start, start + chunk.num_new_tokens)
+            input_ids.extend(seq.token_ids[span.start:span.stop])
+            positions.extend(span)
+            slot_mapping.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                                for p in span)
+            if chunk.completes_sequence:
+                logits_rows.append(len(input_ids) - 1)
+                sampled.append(seq)
+        meta = build_attention_metadata(
+            [c.num_new_tokens for c in chunks], [c.seq.num_computed_tokens + c.num_new_tokens for c in chunks],
+            [c.seq.block_table for c in chunks], slot_mapping, self.block_size, self.device)
+        return StepInputs(input_ids=self._tensor(input_ids), positions=self._tensor(positions), meta=meta,
+                          logits_rows=self._tensor(logits_rows), sampled_seqs=sampled)
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long).to(self.device)
+
+    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+        generator = None
+        if not seq.params.is_greedy:
+            generator = self.generators.get(seq.request_id)
+            if generator is None:
+                generator = self.generators[seq.request_id] = make_generator(seq.params.seed, self.device)
+        return SamplingRow(seq.params, generator, seq.prompt_token_ids, seq.output_token_ids)
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request's generator."""
+        self.generators.pop(request_id, None)
