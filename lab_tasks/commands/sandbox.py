@@ -1,0 +1,90 @@
+"""`lab sandbox ...`: the one-box lab of systemd-nspawn hosts (root only)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lab_tasks.errors import LabError
+from lab_tasks.sandbox import lab
+from lab_tasks.sandbox.image import ensure_image
+from lab_tasks.sandbox.paths import INVENTORY_FILE
+from lab_tasks.sandbox.ssh import ssh_argv
+
+
+@click.group("sandbox")
+def sandbox() -> None:
+    """Boot the lab hosts as systemd-nspawn containers on this machine (needs root)."""
+
+
+def status_table(rows: list[lab.HostStatus]) -> Table:
+    """One row per host: name, address, nspawn PID, SSH."""
+    table = Table("host", "address", "pid", "ssh")
+    for row in rows:
+        ssh = "[green]ok[/green]" if row.ssh else "[red]no answer[/red]"
+        table.add_row(row.name, row.address, str(row.pid or "stopped"), ssh)
+    return table
+
+
+@sandbox.command("up")
+def up() -> None:
+    """Build the image if needed and boot every lab host (running ones are left alone)."""
+    console = Console(highlight=False)
+    started = time.monotonic()
+    rows = lab.up(say=console.print)
+    console.print(status_table(rows))
+    net = lab.network_config()
+    console.print(f"lab up in {time.monotonic() - started:.1f}s: bridge {net['bridge']} {net['gateway']}, "
+                  f"VIP {net['vip']}, inventory {INVENTORY_FILE}")
+
+
+@sandbox.command("down")
+def down() -> None:
+    """Stop every lab host and remove overlays, bridge, firewall rules and state."""
+    started = time.monotonic()
+    lab.down()
+    click.echo(f"lab down in {time.monotonic() - started:.1f}s: nothing left behind")
+
+
+@sandbox.command("status")
+def status() -> None:
+    """Show each lab host, its nspawn PID, address and whether SSH answers."""
+    lab.require_root()
+    rows = lab.status()
+    Console(highlight=False).print(status_table(rows))
+    if not any(row.pid for row in rows):
+        click.echo("the sandbox is down; start it with `lab sandbox up`")
+
+
+@sandbox.command("ssh")
+@click.argument("host")
+def ssh(host: str) -> None:
+    """Open an interactive root shell on HOST with the lab key."""
+    lab.require_root()
+    argv = ssh_argv(lab.running_host(host).address, tty=True)
+    os.execvp(argv[0], argv)
+
+
+@sandbox.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(host: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND on HOST (through its shell, as ssh does) and exit with its exit code: exec HOST -- CMD."""
+    lab.require_root()
+    argv = ssh_argv(lab.running_host(host).address, " ".join(command))
+    sys.exit(subprocess.run(argv).returncode)
+
+
+@sandbox.command("image")
+@click.option("--rebuild", is_flag=True, help="Build again even when the cached image is current.")
+def image(rebuild: bool) -> None:
+    """Build the golden image once (cached by the hash of its package list and recipe)."""
+    lab.require_root()
+    if rebuild and any(row.pid for row in lab.status()):
+        raise LabError("the sandbox is up on the current image; run `lab sandbox down` first")
+    click.echo(f"image: {ensure_image(rebuild=rebuild).path}")
