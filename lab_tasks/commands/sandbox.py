@@ -15,6 +15,7 @@ from lab_tasks.sandbox import lab
 from lab_tasks.sandbox.image import ensure_image
 from lab_tasks.sandbox.paths import INVENTORY_FILE
 from lab_tasks.sandbox.ssh import ssh_argv
+from lab_tasks.topology import ports
 
 
 @click.group("sandbox")
@@ -31,16 +32,23 @@ def status_table(rows: list[lab.HostStatus]) -> Table:
     return table
 
 
+def where_things_answer() -> str:
+    """The bridge, the VIP, the inventory and the lab's ports, for people looking for them."""
+    net = lab.network_config()
+    port_list = ", ".join(f"{name} {number}" for name, number in ports().items())
+    return (f"bridge {net['bridge']} {net['gateway']}  VIP {net['vip']} (lb group)  inventory {INVENTORY_FILE}\n"
+            f"ports: {port_list}")
+
+
 @sandbox.command("up")
 def up() -> None:
     """Build the image if needed and boot every lab host (running ones are left alone)."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     started = time.monotonic()
     rows = lab.up(say=console.print)
     console.print(status_table(rows))
-    net = lab.network_config()
-    console.print(f"lab up in {time.monotonic() - started:.1f}s: bridge {net['bridge']} {net['gateway']}, "
-                  f"VIP {net['vip']}, inventory {INVENTORY_FILE}")
+    console.print(where_things_answer(), markup=False)
+    console.print(f"lab up in {time.monotonic() - started:.1f}s")
 
 
 @sandbox.command("down")
@@ -56,8 +64,11 @@ def status() -> None:
     """Show each lab host, its nspawn PID, address and whether SSH answers."""
     lab.require_root()
     rows = lab.status()
-    Console(highlight=False).print(status_table(rows))
-    if not any(row.pid for row in rows):
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(status_table(rows))
+    if any(row.pid for row in rows):
+        console.print(where_things_answer(), markup=False)
+    else:
         click.echo("the sandbox is down; start it with `lab sandbox up`")
 
 

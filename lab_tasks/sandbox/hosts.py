@@ -89,8 +89,12 @@ def mount_overlay(host: LabHost, image: Image) -> None:
 
 
 def write_identity(host: LabHost) -> None:
-    """Hostname, static network config and (docker hosts) the cgroup remount unit, inside the overlay."""
+    """Hostname (+ /etc/hosts line), static network, and (docker hosts) the cgroup remount unit, in the overlay."""
     (host.root / "etc/hostname").write_text(f"{host.name}\n")
+    hosts_file = host.root / "etc/hosts"
+    if not hosts_file.exists() or host.name not in hosts_file.read_text().split():
+        with hosts_file.open("a") as hosts:
+            hosts.write(f"{host.address}\t{host.name}\n")
     (host.root / NETWORK_FILE).write_text(
         "[Match]\nName=host0\n\n[Network]\n"
         f"Address={host.address}/{host.prefixlen}\nGateway={host.gateway}\nLinkLocalAddressing=no\n"

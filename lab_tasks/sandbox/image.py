@@ -109,30 +109,14 @@ def bootstrap(progress: Progress, work: Path) -> None:
 
 
 def customize(progress: Progress, rootfs: Path) -> None:
-    """Install the packages and configure the image inside a throwaway nspawn, then finish it."""
+    """Install the packages and configure the image inside a throwaway nspawn (recipe/customize.sh)."""
     inputs = rootfs / BUILD_INPUTS.lstrip("/")
     inputs.mkdir()
     (inputs / "packages.txt").write_text("\n".join(packages()) + "\n")
+    (inputs / "authorized_keys").write_text(ensure_key() + "\n")
     shutil.copy(CUSTOMIZE_SCRIPT, inputs / "customize.sh")
     progress.run([*NSPAWN_BUILD, "-D", str(rootfs), "/bin/sh", f"{BUILD_INPUTS}/customize.sh"], step="customize")
-    progress.step("finish")
     shutil.rmtree(inputs)
-    finish(rootfs)
-
-
-def finish(rootfs: Path) -> None:
-    """Remove the build-time guard and every trace of the build host's identity; add the lab key."""
-    (rootfs / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
-    for empty in ("etc/machine-id", "etc/hostname", "etc/resolv.conf"):
-        (rootfs / empty).unlink(missing_ok=True)
-        (rootfs / empty).write_text("")
-    dbus_id = rootfs / "var/lib/dbus/machine-id"
-    dbus_id.unlink(missing_ok=True)
-    dbus_id.symlink_to("/etc/machine-id")
-    ssh_dir = rootfs / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(ensure_key() + "\n")
-    (ssh_dir / "authorized_keys").chmod(0o600)
 
 
 def replace(work: Path, target: Path) -> None:

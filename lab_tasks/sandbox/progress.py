@@ -17,7 +17,7 @@ class Progress:
 
     def __init__(self, log: Path, console: Console | None = None):
         self.log = log
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.started = time.monotonic()
         self.current = ""
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs inside the golden image's rootfs (under systemd-nspawn) while it is built.
 # Part of the image hash: editing this file rebuilds the image on the next `lab sandbox up`.
-# Input: /opslab-build/packages.txt (the package list without comments). Network: the build host's.
+# Input in /opslab-build/: packages.txt (the package list without comments), authorized_keys (the
+# control host's lab key). Network: the build host's.
 set -eu
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
@@ -65,9 +66,9 @@ ExecStart=/usr/local/sbin/opslab-cgroup-rw
 WantedBy=sysinit.target
 UNIT
 # Services enable themselves on install (pitfall 9): the roles enable what each host needs.
-for unit in nginx keepalived mariadb docker.service docker.socket containerd exim4 \
-    apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer \
-    dpkg-db-backup.timer; do
+for unit in nginx.service keepalived.service mariadb.service docker.service docker.socket \
+    containerd.service exim4.service e2scrub_reap.service apt-daily.timer apt-daily-upgrade.timer \
+    man-db.timer e2scrub_all.timer fstrim.timer dpkg-db-backup.timer; do
     if systemctl list-unit-files --no-legend "$unit" | grep -q .; then systemctl disable "$unit"; fi
 done
 systemctl mask systemd-firstboot.service
@@ -77,3 +78,14 @@ step "clean"
 apt-get clean
 apt-cache gencaches
 rm -rf /var/log/apt/* /var/log/dpkg.log
+
+step "finish"
+# Nothing of the build host's identity stays (pitfall 6); each host gets its name at boot.
+: > /etc/machine-id
+ln -sf /etc/machine-id /var/lib/dbus/machine-id
+: > /etc/hostname
+: > /etc/resolv.conf
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+install -d -m 0700 /root/.ssh
+install -m 0600 /opslab-build/authorized_keys /root/.ssh/authorized_keys
+rm -f /usr/sbin/policy-rc.d
