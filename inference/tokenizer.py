@@ -86,7 +86,7 @@ class Tokenizer:
             raise ValueError(f"GGUF tokenizer model {kind!r} is not supported (only gpt2 byte-level BPE)")
         tokens = list(metadata["tokenizer.ggml.tokens"])
         types = list(metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens))
-        merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"]]
+        merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
         backend = _byte_level_backend(_byte_spelled_vocab(tokens), merges, metadata.get("tokenizer.ggml.pre", "gpt2"))
         alphabet = set(bytes_to_unicode().values())
         backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
