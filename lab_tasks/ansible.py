@@ -17,7 +17,8 @@ STAGE_PLAYBOOK = PROJECT_ROOT / "playbooks" / "stage.yml"
 MODES = ("prepare", "solve", "reset")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
 TASK = re.compile(r"^TASK \[(.+)\] \**$")
-FAILED = re.compile(r"^(?:fatal|failed): \[([^\]]+)\].*?(UNREACHABLE!|FAILED!)")
+ERROR_PREFIX = re.compile(r"^\[ERROR\]:\s*(Task failed:\s*)?(Action failed:\s*)?")
+FAILED = re.compile(r"^(?:fatal|failed): \[([^\]]+)\]")
 
 
 @dataclass
@@ -28,16 +29,20 @@ class PlaybookRun:
     failed_hosts: list[str] = field(default_factory=list)
     failure: tuple[str, str, str, str] | None = None  # (task, host, kind, message)
     _task: str = ""
+    _error: str = ""
     _pending: bool = False
 
     def feed(self, line: str) -> None:
         """Follow one line of ansible-playbook's default output."""
         text = line.strip()
         if m := TASK.match(text):
-            self._task = m.group(1)
+            self._task, self._error = m.group(1), ""
+        elif text.startswith("[ERROR]:"):
+            self._error = ERROR_PREFIX.sub("", text)
         elif (m := FAILED.match(text)) and self.failure is None:
-            self.failure = (self._task, m.group(1), m.group(2).rstrip("!").lower(), "")
-            self._pending = True
+            kind = "unreachable" if "UNREACHABLE!" in text else "failed"
+            self.failure = (self._task, m.group(1), kind, self._error)
+            self._pending = not self._error
         elif self._pending and text.startswith("msg:"):
             self.failure = (*self.failure[:3], text.removeprefix("msg:").strip().strip("'\""))
             self._pending = False
@@ -64,7 +69,7 @@ def command(stage: Stage, mode: str, inventory: Path) -> list[str]:
     return [playbook_binary(), str(STAGE_PLAYBOOK), "-i", str(inventory), "-e", json.dumps(extra)]
 
 
-def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stderr) -> PlaybookRun:
+def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stdout) -> PlaybookRun:
     """Run the stage's role in `mode`, streaming ansible's output to `echo`; LabError on failure."""
     if not Path(inventory).exists():
         raise LabError(f"inventory {inventory} not found; run `lab sandbox up` or pass -i INVENTORY")
@@ -90,6 +95,7 @@ def _failure_line(stage: Stage, mode: str, rc: int, run: PlaybookRun) -> str:
     what = f"ansible-playbook {mode} of {stage.id} failed"
     if run.failure:
         task, host, kind, message = run.failure
+        kind = "unreachable" if "Failed to connect" in message else kind
         fix = "run `lab sandbox up`" if kind == "unreachable" else "fix it, then rerun (details above)"
         return f"{what} at task '{task}' on {host} ({kind}): {message[:200]}; {fix}"
     return f"{what} (exit {rc}); read the output above and rerun"

@@ -1,0 +1,96 @@
+"""Every registry stage proven both ways on the sandbox.
+
+`lab start` → `lab check --json` fails every task with its hint → `lab solve` → `lab check` passes →
+the checks changed nothing on the hosts → a second `lab solve` reports changed=0.
+Registering a stage in lab_tasks/stages.yml is enough to get it proven here (`-k stage3` picks one).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import run_lab
+
+from lab_tasks.registry import load_registry
+from lab_tasks.remote import ssh_host
+from lab_tasks.topology import Inventory, default_inventory_path
+
+STAGES = load_registry().stages
+# What a check must never change: files (type, mode, owner, size, link target) under these trees,
+# and the set of running services. Ansible's and shells' own housekeeping is left out.
+SNAPSHOT = (
+    "find /etc /srv /opt /root /home /usr/local /var/www -xdev "
+    "\\( -path /root/.ansible -o -path /root/.cache -o -name '.*_history' -o -name .lesshst \\) -prune "
+    "-o -printf '%p %y %m %u:%g %s %l\\n' 2>/dev/null | sort; "
+    "systemctl list-units --type=service --state=running --no-legend --plain | cut -d' ' -f1"
+)
+SOLVE_RECAP = re.compile(r"^\S+ solve: (\S+) changed=(\d+)$", re.M)
+
+
+def lab(*args: str):
+    """`lab ARGS` with the captured output; an `Error:` exit fails the test with stderr shown."""
+    done = run_lab(*args)
+    assert done.returncode in (0, 1), f"lab {' '.join(args)} exited {done.returncode}:\n" \
+                                      f"{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
+    return done
+
+
+def check_json(stage) -> tuple[int, dict]:
+    done = lab("check", stage.id, "--json")
+    return done.returncode, json.loads(done.stdout)
+
+
+def host_snapshots(stage) -> dict[str, list[str]]:
+    """The SNAPSHOT listing of every stage host, over the same SSH path the checks use."""
+    inventory = Inventory(default_inventory_path())
+    snaps = {}
+    for name in inventory.hosts(stage.host_pattern):
+        host = ssh_host(inventory.host(name))
+        snaps[name] = host.run(SNAPSHOT).stdout.splitlines()
+        host.backend.close()
+    return snaps
+
+
+@pytest.fixture(scope="module", params=STAGES, ids=lambda stage: stage.id)
+def stage(request, sandbox):
+    """One registry stage, on the session's sandbox."""
+    return request.param
+
+
+def test_start_then_every_task_fails_with_its_hint(stage, monkeypatch):
+    done = lab("start", stage.id)
+    assert done.returncode == 0
+    code, data = check_json(stage)
+    assert code == 1 and data["stage"] == stage.id
+    assert [t["id"] for t in data["tasks"]] == [t.id for t in stage.tasks]
+    assert [t["id"] for t in data["tasks"] if t["passed"]] == []
+    for task, reported in zip(stage.tasks, data["tasks"]):
+        assert reported["hint"] == task.hint and reported["evidence"]
+    monkeypatch.setenv("COLUMNS", "1000")  # rich must not wrap the table: each hint stays on one line
+    table = lab("check", stage.id)
+    assert table.returncode == 1
+    missing = [t.id for t in stage.tasks if f"hint: {' '.join(t.hint.split())}" not in table.stdout]
+    assert missing == [], f"the table shows no hint for {missing}"
+
+
+def test_solve_then_every_task_passes(stage):
+    assert lab("solve", stage.id).returncode == 0
+    code, data = check_json(stage)
+    assert {t["id"]: t["evidence"] for t in data["tasks"] if not t["passed"]} == {}
+    assert code == 0
+
+
+def test_checks_change_nothing_on_the_hosts(stage):
+    before = host_snapshots(stage)
+    lab("check", stage.id, "--json")
+    after = host_snapshots(stage)
+    changed = {host: sorted(set(before[host]) ^ set(after[host])) for host in before}
+    assert {host: lines for host, lines in changed.items() if lines} == {}
+
+
+def test_second_solve_changes_nothing(stage):
+    done = lab("solve", stage.id)
+    recap = {host: int(n) for host, n in SOLVE_RECAP.findall(done.stdout)}
+    assert recap, done.stdout[-2000:]
+    assert {host: n for host, n in recap.items() if n} == {}
