@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab_tasks.errors import LabError
 from lab_tasks.sandbox import cgroups
 from lab_tasks.sandbox.image import Image
 from lab_tasks.sandbox.paths import HOSTS_DIR
@@ -165,8 +166,8 @@ def _reap(pid: int) -> None:
 
 def remove(host: LabHost) -> None:
     """Unmount the overlay and delete everything the host left: cgroups, state, its disk."""
-    if is_mounted(host.root):
-        subprocess.run(["umount", str(host.root)], check=True)
+    if is_mounted(host.root) and subprocess.run(["umount", str(host.root)]).returncode != 0:
+        raise LabError(f"cannot unmount {host.root} (busy?); leave any shell inside it and rerun `lab sandbox down`")
     stamp = host.dir / "cgroups"
     if stamp.exists():
         cgroups.remove([Path(line) for line in stamp.read_text().split()])

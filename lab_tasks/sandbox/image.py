@@ -136,9 +136,13 @@ def remove_stale_builds() -> None:
 
 
 def prune(keep: Image) -> None:
-    """Delete older images that no lab host's overlay sits on."""
+    """Delete older images (and their build logs) that no lab host's overlay sits on."""
     in_use = {stamp.read_text().strip() for stamp in HOSTS_DIR.glob("*/image")}
     for old in CACHE_DIR.glob("image-*"):
-        if old.is_dir() and old != keep.path and str(old) not in in_use:
+        image_path = old.with_name(old.name.removesuffix(".log"))
+        if image_path == keep.path or str(image_path) in in_use:
+            continue
+        if old.is_dir():
             shutil.rmtree(old)
-            old.with_suffix(".log").unlink(missing_ok=True)
+        else:
+            old.unlink()
