@@ -6,8 +6,10 @@ Engine-wide numbers (queue lengths, KV usage, token totals, prefix cache) are re
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+disable_created_metrics()  # no *_created series (vLLM does the same): dashboards only read totals and buckets
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                    40.0, 80.0, 160.0)
@@ -56,8 +58,6 @@ class ServerMetrics:
         self.tpot = self.histogram("vllm:time_per_output_token_seconds", "Alias of inter-token latency.",
                                    TOKEN_GAP_BUCKETS)
         self.e2e = self.histogram("vllm:e2e_request_latency_seconds", "Arrival to last token.", LATENCY_BUCKETS)
-        self.queue = self.histogram("vllm:request_queue_time_seconds", "Arrival to first scheduling.",
-                                    LATENCY_BUCKETS)
         self.finished = Counter("vllm:request_success", "Finished requests by finish reason.",
                                 ["model_name", "finished_reason"], registry=self.registry)
         self.aborted = Counter("vllm:request_aborted", "Requests aborted (client gone, drain timeout).",
