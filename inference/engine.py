@@ -141,6 +141,8 @@ class LLMEngine:
         """Schedule, run the model once over every scheduled token, and post-process the new tokens."""
         start = time.monotonic()
         scheduled = self.scheduler.schedule()
+        if scheduled.is_empty and self.scheduler.waiting and not self.scheduler.running:
+            raise RuntimeError("scheduler is stuck: nothing runs and the oldest waiting request cannot start")
         result = StepOutput(num_preempted=len(scheduled.preempted))
         if not scheduled.is_empty:
             ran = self.runner.run(scheduled.chunks)

@@ -1,0 +1,163 @@
+"""LLMEngine / LLM / AsyncLLMEngine: batching equals one-at-a-time, preemption, abort, stops, limits, streaming."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from tiny_llama import hf_tiny, random_prompts, tiny_llm
+
+from inference.config import SamplingParams
+from inference.engine import LLM, AsyncLLMEngine
+from inference.tokenizer import Tokenizer
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12)
+LETTERS = range(ord("a"), ord("z") + 1)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return hf_tiny()
+
+
+@pytest.fixture(scope="module")
+def letters_llm():
+    """Byte-level tokenizer + a model whose only non-zero logits are 'a'..'z', so its text is plain ASCII."""
+    hf = hf_tiny(vocab_size=258)
+    with torch.no_grad():
+        keep = torch.zeros(258, dtype=torch.bool)
+        keep[list(LETTERS)] = True
+        hf.lm_head.weight[~keep] = 0.0
+    return tiny_llm(hf, Tokenizer.byte_level())
+
+
+def _one_at_a_time(hf_model, prompts, params):
+    llm = tiny_llm(hf_model, max_num_seqs=1)
+    return [llm.generate([prompt], params)[0].token_ids for prompt in prompts]
+
+
+def _shared_prefix_prompts() -> list[list[int]]:
+    base = random_prompts([24], seed=5)[0]
+    tails = random_prompts([1, 6, 13, 3, 9, 2], seed=6)
+    return [base + tail for tail in tails] + random_prompts([5, 31], seed=7)
+
+
+def test_batched_paged_generation_equals_one_at_a_time(hf_model):
+    prompts = _shared_prefix_prompts()
+    llm = tiny_llm(hf_model, max_num_batched_tokens=16, kv_block_size=4)
+    batched = [out.token_ids for out in llm.generate(prompts, GREEDY)]
+    assert batched == _one_at_a_time(hf_model, prompts, GREEDY)
+    stats = llm.engine.stats()
+    assert stats.prefix_cache_hits > 0, "the shared 24-token prefix should have been reused"
+    assert stats.num_free_blocks == stats.num_total_blocks
+
+
+def test_seeded_sampling_is_independent_of_batching(hf_model):
+    prompts = random_prompts([4, 17, 9])
+    params = [SamplingParams(temperature=0.9, top_p=0.9, top_k=50, seed=100 + i, max_tokens=10) for i in range(3)]
+    batched = [out.token_ids for out in tiny_llm(hf_model).generate(prompts, params)]
+    alone = [tiny_llm(hf_model).generate([p], [sp])[0].token_ids for p, sp in zip(prompts, params)]
+    assert batched == alone
+    assert batched[0] != tiny_llm(hf_model).generate([prompts[0]], SamplingParams(
+        temperature=0.9, top_p=0.9, top_k=50, seed=999, max_tokens=10))[0].token_ids
+
+
+def test_preemption_under_a_tiny_kv_budget_keeps_tokens_identical(hf_model):
+    prompts = random_prompts([10, 7, 12, 9, 11, 6], seed=3)
+    llm = tiny_llm(hf_model, kv_cache_bytes=12 * 2048, max_num_batched_tokens=16)  # 12 blocks of 4 tokens
+    assert llm.engine.block_manager.num_blocks == 12
+    params = SamplingParams(temperature=0, max_tokens=16)
+    batched = [out.token_ids for out in llm.generate(prompts, params)]
+    assert llm.engine.scheduler.num_preemptions > 0
+    assert batched == _one_at_a_time(hf_model, prompts, params)
+    assert llm.engine.block_manager.num_free_blocks == 12
+
+
+def test_abort_frees_every_block(hf_model):
+    engine = tiny_llm(hf_model).engine
+    for i, prompt in enumerate(random_prompts([9, 14, 22, 5])):
+        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=50))
+    for _ in range(3):
+        engine.step()
+    assert engine.block_manager.num_free_blocks < engine.block_manager.num_blocks
+    outputs = [engine.abort_request(f"r{i}") for i in range(4)]
+    assert all(out.finished and out.finish_reason == "abort" for out in outputs)
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert not engine.has_unfinished() and engine.abort_request("r0") is None
+
+
+def test_request_that_can_never_fit_raises(hf_model):
+    llm = tiny_llm(hf_model, kv_cache_bytes=4 * 2048)  # 4 blocks = 16 tokens
+    with pytest.raises(ValueError, match="never fit"):
+        llm.generate([list(range(10))], SamplingParams(max_tokens=10))
+    with pytest.raises(ValueError, match="max_model_len"):
+        tiny_llm(hf_model, max_model_len=8).generate([list(range(8))], GREEDY)
+    with pytest.raises(ValueError, match="tokenizer"):
+        llm.generate(["text needs a tokenizer"], GREEDY)
+    with pytest.raises(ValueError, match="empty"):
+        llm.generate([[]], GREEDY)
+
+
+def test_generation_stops_at_max_model_len(hf_model):
+    out = tiny_llm(hf_model, max_model_len=20).generate([list(range(15))], SamplingParams(max_tokens=100))[0]
+    assert len(out.token_ids) == 5 and out.finish_reason == "length"
+
+
+def test_stop_token_ids_and_eos(hf_model):
+    prompt = random_prompts([6])[0]
+    free_run = tiny_llm(hf_model).generate([prompt], GREEDY)[0].token_ids
+    stopped = tiny_llm(hf_model).generate([prompt], SamplingParams(temperature=0, max_tokens=12,
+                                                                   stop_token_ids=[free_run[2]]))[0]
+    first = free_run.index(free_run[2])
+    assert stopped.token_ids == free_run[:first + 1] and stopped.finish_reason == "stop"
+
+
+def test_stop_strings_cut_the_text(letters_llm):
+    prompt = "hello"
+    full = letters_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=20))[0]
+    assert len(full.text) == 20 and full.text.isascii()
+    stop = full.text[6:9]
+    cut = full.text.index(stop)
+    out = letters_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=20, stop=[stop, "#"]))[0]
+    assert (out.text, out.finish_reason) == (full.text[:cut], "stop")
+    assert out.token_ids == full.token_ids[:cut + len(stop)]
+    kept = letters_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=20, stop=stop,
+                                                         include_stop_str_in_output=True))[0]
+    assert kept.text == full.text[:cut + len(stop)]
+
+
+def test_async_engine_streams_aborts_and_reports(letters_llm):
+    async def scenario():
+        engine = AsyncLLMEngine(letters_llm.engine)
+        await engine.start()
+        stop_text = letters_llm.generate(["abc"], SamplingParams(temperature=0, max_tokens=12))[0].text[4:6]
+        streamed = engine.add_request("s", "abc", SamplingParams(temperature=0, max_tokens=12, stop=[stop_text]))
+        endless = engine.add_request("e", "xyz", SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))
+        with pytest.raises(ValueError):
+            engine.add_request("too-long", "x" * 500, SamplingParams())
+        deltas = [out async for out in streamed]
+        first = await anext(endless)
+        engine.abort("e")
+        rest = [out async for out in endless]
+        stats = engine.stats()
+        await engine.stop()
+        return stop_text, deltas, first, rest, stats
+
+    stop_text, deltas, first, rest, stats = asyncio.run(scenario())
+    text = "".join(out.text for out in deltas)
+    assert deltas[-1].finished and deltas[-1].finish_reason == "stop" and stop_text not in text
+    assert text == letters_llm.generate(["abc"], SamplingParams(temperature=0, max_tokens=12, stop=[stop_text]))[0].text
+    assert first.first_token_time >= first.arrival_time
+    assert rest[-1].finish_reason == "abort" and rest[-1].finished
+    assert stats.is_alive and stats.num_running == 0 and stats.num_free_blocks == stats.num_total_blocks
+    assert stats.generation_tokens_total > 0 and stats.num_steps > 0
+
+
+def test_llm_loads_an_hf_checkpoint_dir(hf_model, tmp_path):
+    hf = hf_tiny(vocab_size=258)
+    hf.save_pretrained(tmp_path)
+    Tokenizer.byte_level().save(tmp_path)
+    llm = LLM(tmp_path, kv_block_size=4, kv_cache_bytes=2**20)
+    expected = tiny_llm(hf, Tokenizer.byte_level()).generate(["hi there"], GREEDY)[0]
+    out = llm.generate(["hi there"], GREEDY)[0]
+    assert out.token_ids == expected.token_ids and out.prompt_token_ids[0] == 256  # <s> prepended
