@@ -1,0 +1,47 @@
+"""ModelConfig / EngineConfig: derived fields, HF config.json parsing, validation."""
+from __future__ import annotations
+
+import pytest
+from transformers import LlamaConfig
+
+from inference.config import EngineConfig, ModelConfig
+
+TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+
+
+def test_derived_fields():
+    config = ModelConfig(**TINY)
+    assert (config.num_key_value_heads, config.head_dim) == (4, 16)
+    assert ModelConfig(**TINY, eos_token_id=[2, 7]).eos_token_ids == {2, 7}
+
+
+def test_from_dict_reads_transformers_rope_parameters_and_ignores_unknown_keys():
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    hf = LlamaConfig(**TINY, num_key_value_heads=2, rope_parameters={"rope_theta": 5e5, **scaling}).to_dict()
+    config = ModelConfig.from_dict({**hf, "some_unknown_key": 1})
+    assert config.rope_theta == 5e5 and config.rope_scaling["rope_type"] == "llama3"
+    assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("bad", [dict(num_key_value_heads=3), dict(hidden_size=0), dict(rope_theta=-1.0),
+                                 dict(rope_scaling={"rope_type": "yarn", "factor": 2.0})])
+def test_bad_model_config_raises(bad):
+    with pytest.raises(ValueError):
+        ModelConfig(**{**TINY, **bad})
+
+
+def test_missing_required_field_is_a_value_error():
+    with pytest.raises(ValueError, match="bad model config"):
+        ModelConfig.from_dict({"vocab_size": 10})
+
+
+def test_engine_config_overrides_and_validation():
+    config = EngineConfig.from_dict({"max_num_seqs": 4, "kv_block_size": 8, "unknown": True})
+    assert config.replace(max_num_seqs=2, device=None).max_num_seqs == 2
+    assert config.resolve_max_model_len(ModelConfig(**TINY, max_position_embeddings=100)) == 100
+    with pytest.raises(ValueError, match="unknown engine options"):
+        config.replace(bogus=1)
+    for bad in (dict(max_num_seqs=0), dict(kv_cache_memory_fraction=1.5), dict(dtype="int8")):
+        with pytest.raises(ValueError):
+            EngineConfig(**bad)
