@@ -48,7 +48,7 @@ def fhs(lab: Lab) -> Verdict:
 
 def glob(lab: Lab) -> Verdict:
     """Exactly the monthly 2020–2023 reports are gone."""
-    planted = {p.name for p in (ROLE_FILES / "reports").iterdir()}
+    planted = set(lab.vars["stage1_shell_report_files"])
     keep = {n for n in planted if not fnmatchcase(n, lab.vars["stage1_shell_reports_glob"])}
     found = set(lab.host().run("ls -A %s", lab.vars["stage1_shell_reports_dir"]).stdout.split())
     return expect(found == keep, expected=f"{len(keep)} files left",

@@ -32,7 +32,9 @@ def plant(v):
     """What prepare.yml does, in Python."""
     os.makedirs(v["stage1_shell_answers_dir"])
     shutil.copytree(ROLE / "files" / "drop", v["stage1_shell_drop_dir"])
-    shutil.copytree(ROLE / "files" / "reports", v["stage1_shell_reports_dir"])
+    os.makedirs(v["stage1_shell_reports_dir"])
+    for name in v["stage1_shell_report_files"]:
+        open(f"{v['stage1_shell_reports_dir']}/{name}", "w").close()
     app = v["stage1_shell_app_dir"]
     for release in v["stage1_shell_app_releases"]:
         os.makedirs(f"{app}/releases/{release}")
