@@ -15,7 +15,7 @@ from lab_tasks.registry import PROJECT_ROOT, Stage
 
 STAGE_PLAYBOOK = PROJECT_ROOT / "playbooks" / "stage.yml"
 MODES = ("prepare", "solve", "reset")
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s")
 TASK = re.compile(r"^TASK \[(.+)\] \**$")
 ERROR_PREFIX = re.compile(r"^\[ERROR\]:\s*(Task failed:\s*)?(Action failed:\s*)?")
 FAILED = re.compile(r"^(?:fatal|failed): \[([^\]]+)\]")
@@ -23,10 +23,9 @@ FAILED = re.compile(r"^(?:fatal|failed): \[([^\]]+)\]")
 
 @dataclass
 class PlaybookRun:
-    """What ansible-playbook did: recap counts per host, and the first failure seen."""
+    """What ansible-playbook did: changed count per host (from the recap), and the first failure seen."""
 
     changed: dict[str, int] = field(default_factory=dict)
-    failed_hosts: list[str] = field(default_factory=list)
     failure: tuple[str, str, str, str] | None = None  # (task, host, kind, message)
     _task: str = ""
     _error: str = ""
@@ -48,8 +47,6 @@ class PlaybookRun:
             self._pending = False
         elif m := RECAP.match(text):
             self.changed[m.group(1)] = int(m.group(3))
-            if int(m.group(4)) or int(m.group(5)):
-                self.failed_hosts.append(m.group(1))
 
 
 def playbook_binary() -> str:

@@ -27,7 +27,7 @@ _state = {"debug": False}
 def cli(ctx: click.Context, inventory: Path | None, debug: bool) -> None:
     """opslab: staged Linux labs with read-only self-checks, and the sandbox they run in."""
     _state["debug"] = debug
-    ctx.obj = App(inventory_option=inventory, debug=debug)
+    ctx.obj = App(inventory_option=inventory)
 
 
 def _module_command(name: str, module) -> click.Command:

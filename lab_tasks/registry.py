@@ -40,11 +40,6 @@ class Stage:
     tasks: tuple[Task, ...]
 
     @property
-    def number(self) -> int:
-        """The N of stageN."""
-        return int(self.id.removeprefix("stage"))
-
-    @property
     def host_pattern(self) -> str:
         """The stage's hosts as one ansible host pattern."""
         return ":".join(self.hosts)

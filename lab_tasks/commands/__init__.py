@@ -15,7 +15,6 @@ class App:
     """Global options plus the registry and inventory, each loaded once when first needed."""
 
     inventory_option: Path | None = None
-    debug: bool = False
     _registry: Registry | None = field(default=None, repr=False)
     _inventory: Inventory | None = field(default=None, repr=False)
 
