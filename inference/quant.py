@@ -75,8 +75,13 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     return q[:, 0::2] | (q[:, 1::2] << 4)
 
 
+NIBBLE_SHIFTS = torch.tensor([0, 4], dtype=torch.uint8)
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+    """[out, n] bytes -> [out, 2n] values in 0..15 (inverse of pack_int4)."""
+    shifts = NIBBLE_SHIFTS.to(packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 0x0F).reshape(packed.shape[0], -1)
 
 
 def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, in_features: int,
@@ -84,7 +89,7 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tens
     """[out, in_features] weight in `dtype` from packed nibbles and per-group scale/min."""
     out_features, groups = scales.shape
     q = unpack_int4(packed).reshape(out_features, groups, -1).to(dtype)
-    weight = q * scales.to(dtype)[..., None] + mins.to(dtype)[..., None]
+    weight = torch.addcmul(mins.to(dtype)[..., None], q, scales.to(dtype)[..., None])  # min + q * scale
     return weight.reshape(out_features, -1)[:, :in_features]
 
 

@@ -23,8 +23,8 @@ SHAPES = ((1536, 576), (576, 1536))  # (out, in): gate/up projection, down proje
 BATCHES = (1, 16)
 
 
-def time_ms(fn, repeats: int) -> float:
-    """Median wall time of `fn()` in milliseconds after a short warm-up."""
+def time_ms(fn, repeats: int) -> tuple[float, float]:
+    """(best, median) wall time of `fn()` in milliseconds after a short warm-up (best resists a busy box)."""
     for _ in range(5):
         fn()
     samples = []
@@ -32,7 +32,8 @@ def time_ms(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return sorted(samples)[len(samples) // 2] * 1e3
+    samples.sort()
+    return samples[0] * 1e3, samples[len(samples) // 2] * 1e3
 
 
 def quantized_module(linear: nn.Linear, config: QuantConfig) -> nn.Module:
@@ -69,15 +70,15 @@ def run(repeats: int) -> list[dict]:
         linear = nn.Linear(in_features, out_features, bias=False)
         modules = {"fp32": linear, "int8": quantized_module(linear, QuantConfig("int8")),
                    "int4_g32": quantized_module(linear, QuantConfig("int4", 32))}
-        calls = {name: m for name, m in modules.items()} | packed_kernels(linear.weight.detach())
+        calls = dict(modules) | packed_kernels(linear.weight.detach())
         for batch in BATCHES:
             x = torch.randn(batch, in_features)
             for name, fn in calls.items():
                 with torch.inference_mode():
-                    ms = time_ms(lambda: fn(x), repeats)
+                    best, median = time_ms(lambda: fn(x), repeats)
                 nbytes = weight_bytes(modules[name]) if name in modules else None
                 rows.append({"shape": f"{out_features}x{in_features}", "M": batch, "path": name,
-                             "ms": round(ms, 4), "weight_bytes": nbytes})
+                             "best_ms": round(best, 4), "median_ms": round(median, 4), "weight_bytes": nbytes})
     return rows
 
 

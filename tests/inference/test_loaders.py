@@ -262,7 +262,8 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "<|im_start|>user\nN
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_smollm2_greedy_matches_transformers(smollm2_checkpoint, smollm2_model, hf_smollm2, prompt):
     ids = smollm2_checkpoint.tokenizer.encode(prompt)
-    with torch.inference_mode():
-        expected = hf_smollm2.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
-                                       eos_token_id=None, pad_token_id=2)[0, len(ids):].tolist()
+    prompt_ids = torch.tensor([ids])
+    with torch.inference_mode():  # explicit mask: the prompt holds <|im_end|>, which HF would take for padding
+        expected = hf_smollm2.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=16,
+                                       do_sample=False, eos_token_id=None, pad_token_id=2)[0, len(ids):].tolist()
     assert greedy_of(smollm2_model, ids, 16) == expected
