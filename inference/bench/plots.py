@@ -32,7 +32,7 @@ def plot_throughput(runs: list[dict], path: Path) -> Path:
         xlabel, xs = load_axis(group)
         axis.plot(xs, [run["metrics"]["output_throughput"] for run in group], "o-", label=f"{endpoint} output")
         axis.plot(xs, [run["metrics"]["total_token_throughput"] for run in group], "s--", label=f"{endpoint} total")
-    axis.set(xlabel=xlabel, ylabel="tokens/s", title="Throughput")
+    axis.set(xlabel=xlabel, ylabel="tokens/s", title="Throughput", xticks=xs)
     return save(figure, axis, path)
 
 
@@ -45,7 +45,7 @@ def plot_latency(runs: list[dict], path: Path) -> Path:
             for stat, style in PERCENTILE_STYLES.items():
                 ys = [run["metrics"][f"{stat}_{metric}_ms"] for run in group]
                 axis.plot(xs, ys, style, marker="o", label=f"{endpoint} {stat}")
-        axis.set(xlabel=xlabel, ylabel="ms", title=metric.upper())
+        axis.set(xlabel=xlabel, ylabel="ms", title=metric.upper(), xticks=xs)
     return save(figure, axes[-1], path)
 
 

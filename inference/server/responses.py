@@ -48,8 +48,10 @@ class CompletionAPI:
         """The chunk choices one RequestOutput produces (none when it carries nothing)."""
         if not (output.text or output.finished or output.logprobs):
             return []
-        offset = sum(len(text) for text in choice.text) - len(output.text)
-        logprobs = self.logprobs(output.logprobs, offset) if output.logprobs else None
+        logprobs = None
+        if output.logprobs:
+            offset = sum(len(text) for text in choice.text) - len(output.text)
+            logprobs = self.logprobs(output.logprobs, offset)
         return [{"index": choice.index, "text": output.text, "logprobs": logprobs,
                  "finish_reason": choice.finish_reason}]
 
