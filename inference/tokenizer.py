@@ -181,7 +181,7 @@ def _raise_exception(message: str) -> None:
 
 @lru_cache(maxsize=8)
 def _compile_template(source: str):
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise_exception
     return env.from_string(source)
 

@@ -73,7 +73,8 @@ def test_smollm2_gguf_int8_engine_builds_and_loads(tmp_path, smollm2_gguf, smoll
     build_engine(smollm2_gguf, tmp_path, quant="int8")
     spec, model, tokenizer = load_engine(tmp_path)
     assert spec.build["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    assert (tmp_path / "model.safetensors").stat().st_size < 200e6  # int8 layers + float32 embedding
+    # 106M int8 layer weights + the 113 MB float32 embedding, vs 538 MB for all-float32
+    assert (tmp_path / "model.safetensors").stat().st_size < 230e6
     assert tokenizer.encode("Hello 🤖") == smollm2_checkpoint.tokenizer.encode("Hello 🤖")
 
 

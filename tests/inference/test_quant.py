@@ -3,7 +3,11 @@ dequantization, and quality on SmolLM2.
 
 Quality metric (SmolLM2, teacher-forced over QUALITY_TEXT): top-1 agreement = share of positions where
 the quantized model's argmax next token equals the float32 model's; perplexity of the text under each.
-int8 must agree on >= 97% of positions; int4 (group 32) must stay >= 85% with perplexity within 25%.
+Measured (159 tokens, fp32 perplexity 31.72): int8 agreement 0.975, perplexity 31.67; int4 group 32
+1.000 / 31.72 -- lossless here, because the GGUF weights already are Q4_1, the same asymmetric 4-bit code
+over the same 32-element groups; int4 group 64 0.711 / 44.87; group 128 0.648 / 55.30 (re-quantizing a
+135M model's Q4_1 weights onto coarser groups costs a lot). Bounds: int8 >= 97% agreement (the issue's bar)
+and perplexity within 5%; the int4 bounds sit just under the measured numbers.
 """
 
 from __future__ import annotations
@@ -118,8 +122,9 @@ def quality_reference(smollm2_checkpoint, smollm2_model):
 @pytest.mark.model
 @pytest.mark.parametrize(("config", "min_agreement", "max_ppl_ratio"), [
     (QuantConfig("int8"), 0.97, 1.05),
-    (QuantConfig("int4", 32), 0.85, 1.25),
-], ids=["int8", "int4-g32"])
+    (QuantConfig("int4", 32), 0.99, 1.01),
+    (QuantConfig("int4", 128), 0.62, 1.8),
+], ids=["int8", "int4-g32", "int4-g128"])
 def test_quantized_smollm2_stays_close_to_float32(smollm2_checkpoint, quality_reference, config,
                                                   min_agreement, max_ppl_ratio):
     ids, reference = quality_reference
