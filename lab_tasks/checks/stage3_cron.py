@@ -171,14 +171,15 @@ def system_cron(lab: Lab) -> Verdict:
 def broken_cron(lab: Lab) -> Verdict:
     """The planted cron.d drop-in is repaired: valid lines with a user field, a mode cron accepts."""
     host, path = lab.host(), lab.vars["stage3_cron_broken_file"]
+    target = lab.vars["stage3_cron_cleanup_dir"]
     content, problems = _system_file(host, path)
     _, entries, syntax = parse_crontab(content or "", system=True)
-    cleanup = [e for e in entries if "/tmp/uploads" in f"{e.user} {e.command}"]
+    cleanup = [e for e in entries if target in f"{e.user} {e.command}"]
     for entry in cleanup:
         if not host.user(entry.user).exists:
             problems.append(f"user field {entry.user!r} is not a user (the line lacks its user field)")
     if content is not None and not cleanup:
-        problems.append("the cleanup job (find /tmp/uploads ...) is gone; repair it, do not delete it")
+        problems.append(f"the cleanup job (find {target} ...) is gone; repair it, do not delete it")
     problems += syntax
     return expect(not problems, expected=f"{path}: root-owned, not group/world-writable, "
                   "every job line with a valid user field", found="; ".join(problems) or "that")

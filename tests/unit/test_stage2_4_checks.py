@@ -181,7 +181,7 @@ def _render(path: Path) -> str:
 
 
 def test_planted_cron_file_has_no_user_field():
-    _, entries, problems = stage3_cron.parse_crontab(_render(STAGE3_ROLE / "files" / "tmp-cleanup.broken"),
+    _, entries, problems = stage3_cron.parse_crontab(_render(STAGE3_ROLE / "templates" / "tmp-cleanup.broken.j2"),
                                                      system=True)
     assert problems == [] and [e.user for e in entries] == ["find"]
 
