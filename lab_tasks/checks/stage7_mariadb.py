@@ -203,15 +203,29 @@ def scratch_restore(lab: Lab) -> Verdict:
                   found=f"datadir {datadirs[0][0]}, source {source}, scratch {restored}")
 
 
+def server_problems(primary: dict[str, str], replica: dict[str, str]) -> list[str]:
+    """What is wrong with the servers' own settings: binlog on the primary, read_only replica, distinct ids."""
+    problems = []
+    if primary["log_bin"] != "1":
+        problems.append(f"primary log_bin={primary['log_bin']}")
+    if replica["read_only"] != "1":
+        problems.append(f"replica read_only={replica['read_only']}")
+    if primary["server_id"] == replica["server_id"]:
+        problems.append(f"both server_id={primary['server_id']}")
+    return problems
+
+
+def _variables(host) -> dict[str, str]:
+    (server_id, log_bin, read_only), = sql(host, "SELECT @@server_id, @@log_bin, @@read_only")
+    return {"server_id": server_id, "log_bin": log_bin, "read_only": read_only}
+
+
 def replication(lab: Lab) -> Verdict:
     """The replica follows the primary by GTID: both threads running, no lag, read_only, distinct ids."""
     primary, replica = _primary(lab), _replica(lab)
     status = parse_vertical(replica.run("mariadb -e 'SHOW SLAVE STATUS\\G'").stdout)
     problems = replica_problems(status, lab.address(lab.hosts()[0]))
-    (p_id, log_bin), = sql(primary, "SELECT @@server_id, @@log_bin")
-    (r_id, read_only), = sql(replica, "SELECT @@server_id, @@read_only")
-    problems += [f"primary log_bin={log_bin}"] * (log_bin != "1") + [f"replica read_only={read_only}"] * (read_only != "1")
-    problems += [f"both server_id={p_id}"] * (p_id == r_id)
+    problems += server_problems(_variables(primary), _variables(replica))
     return expect(not problems, expected="IO and SQL threads Yes, Using_Gtid Slave_Pos, 0 s behind, "
                                          "primary log_bin=1, replica read_only=1, distinct server_ids",
                   found="; ".join(problems) or "all of that")

@@ -1,5 +1,5 @@
 """The parsing and judging logic of the stage 7 (MariaDB) and stage 8 (Docker) checks, without a lab."""
-from lab_tasks.checks.stage7_mariadb import parse_grants, parse_vertical, replica_problems
+from lab_tasks.checks.stage7_mariadb import parse_grants, parse_vertical, replica_problems, server_problems
 from lab_tasks.checks.stage8_docker import from_lines, limit_problems
 
 SLAVE_STATUS = """*************************** 1. row ***************************
@@ -47,3 +47,10 @@ def test_limit_problems():
     assert limit_problems({"Memory": 0, "PidsLimit": -1, "NanoCpus": 0, "CpuQuota": 0}) == [
         "no memory limit", "no pids limit", "no cpus limit"]
     assert limit_problems({"Memory": 1, "PidsLimit": 5, "CpuQuota": 50000}) == []
+
+
+def test_server_problems():
+    good = ({"server_id": "1", "log_bin": "1", "read_only": "0"}, {"server_id": "2", "log_bin": "0", "read_only": "1"})
+    assert server_problems(*good) == []
+    stock = {"server_id": "1", "log_bin": "0", "read_only": "0"}
+    assert server_problems(stock, stock) == ["primary log_bin=0", "replica read_only=0", "both server_id=1"]
