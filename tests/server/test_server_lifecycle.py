@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from live_server import metric_value, poll, start_server
+from live_server import ROOT, free_port, metric_value, poll, start_server
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -68,3 +70,11 @@ def test_sigterm_drains_running_streams_then_exits_zero(engine_dir, tmp_path):
         assert live.wait(60) == 0
     finally:
         live.stop()
+
+
+def test_engine_that_cannot_load_exits_one(tmp_path):
+    command = [sys.executable, "-m", "inference.server", "--engine", str(tmp_path / "missing"), "--host", "127.0.0.1",
+               "--port", str(free_port())]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 1
+    assert "engine failed to load" in finished.stderr
