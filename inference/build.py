@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from torch import nn
 from safetensors.torch import save_file
 
 from inference.config import DTYPES, EngineConfig, ModelConfig
@@ -87,7 +89,7 @@ def engine_state_dict(hf_state_dict: dict[str, torch.Tensor], config: ModelConfi
                       quant: QuantConfig) -> dict[str, torch.Tensor]:
     """HF-named weights -> model-named, quantized (from full precision) and cast to `dtype`."""
     state_dict = convert_hf_state_dict(hf_state_dict, config)
-    with torch.device("meta"):
+    with torch.device("meta"), skip_parameter_init():
         names = linear_names(LlamaForCausalLM(config))
     state_dict = quantize_state_dict(state_dict, quant, names)
     return {name: _cast(name, tensor, dtype) for name, tensor in state_dict.items()}
@@ -132,11 +134,28 @@ def load_engine(engine_dir: str | Path, device: str | torch.device = "cpu") -> t
     """(spec, model ready for inference on `device`, tokenizer) from a built engine directory."""
     spec = read_spec(engine_dir)
     state_dict = _load_weights(Path(engine_dir) / WEIGHTS_FILE, device)
-    with torch.device("meta"):
+    with torch.device("meta"), skip_parameter_init():
         model = LlamaForCausalLM(spec.model)
     convert_for_runtime(model, spec.quant, quantized_names(state_dict))
     model.load_state_dict(state_dict, assign=True)
     return spec, model.eval().requires_grad_(False), Tokenizer.load(engine_dir)
+
+
+@contextmanager
+def skip_parameter_init():
+    """Skip nn.Linear / nn.Embedding random init while building a model whose weights get replaced anyway.
+
+    On the meta device the init is a no-op, but its first call imports torch's python reference ops
+    (seconds on a busy 2-core box); every weight is assigned from the engine file right after.
+    """
+    originals = {cls: cls.reset_parameters for cls in (nn.Linear, nn.Embedding)}
+    try:
+        for cls in originals:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, method in originals.items():
+            cls.reset_parameters = method
 
 
 def _load_weights(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
