@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import httpx
 
-BACKEND = re.compile(r"opslab backend (\S+)")
+BACKEND = re.compile(r"opslab backend ([A-Za-z0-9_.-]+)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""`lab drill failover` on the sandbox: with stages 5 and 6 solved, breaking the VIP holder moves the VIP
+to the other lb host, exactly one host holds it before and after, and the outage is measured and kept
+in results/ (CI records it)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import PROJECT_ROOT, run_lab
+
+from lab_tasks import drill
+from lab_tasks.remote import ssh_host
+from lab_tasks.topology import Inventory, default_inventory_path
+
+MAX_OUTAGE_S = 3.0
+RESULTS = PROJECT_ROOT / "results"
+
+
+@pytest.fixture(scope="module")
+def solved(sandbox):
+    """Backends (stage 5) and the VRRP pair (stage 6) in their reference state."""
+    for stage in ("stage5", "stage6"):
+        done = run_lab("solve", stage)
+        assert done.returncode == 0, f"lab solve {stage}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def vip_holders() -> list[str]:
+    """The lb hosts whose `ip -br addr` shows the VIP, over fresh SSH connections."""
+    inventory = Inventory(default_inventory_path())
+    hosts = {name: ssh_host(inventory.host(name)) for name in inventory.hosts("lb")}
+    try:
+        return drill.vip_holders(lambda h, cmd: hosts[h].run(cmd), list(hosts), inventory.vip)
+    finally:
+        for host in hosts.values():
+            host.backend.close()
+
+
+def run_drill(method: str) -> tuple[list[str], dict, list[str]]:
+    """(holders before, the drill's JSON, holders after); the JSON is also written to results/."""
+    before = vip_holders()
+    done = run_lab("drill", "failover", "--method", method, "--json", timeout=300)
+    assert done.returncode == 0, f"drill exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    result = json.loads(done.stdout)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"failover-drill-{method}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return before, result, vip_holders()
+
+
+@pytest.mark.parametrize("method", ["stop-nginx", "stop-keepalived"])
+def test_drill_moves_the_vip_within_the_outage_budget(solved, method):
+    before, result, after = run_drill(method)
+    assert len(before) == 1 and len(after) == 1, (before, after)
+    assert after != before
+    assert (result["from_host"], result["to_host"]) == (before[0], after[0])
+    assert result["method"] == method and result["recovered"]
+    assert 0 < result["failed"] < result["requests"]
+    assert result["outage_s"] < MAX_OUTAGE_S, result
+
+
+def test_drill_survives_losing_the_whole_host(solved):
+    before, result, after = run_drill("stop-host")
+    assert len(before) == 1 and len(after) == 1 and after != before, (before, after)
+    assert result["recovered"] and result["to_host"] == after[0]
+
+
+def test_the_outage_check_reads_the_last_drill(solved):
+    done = run_lab("check", "stage6", "--json")
+    tasks = {t["id"]: t for t in json.loads(done.stdout)["tasks"]}
+    assert tasks["failover-drill"]["passed"] == (drill.load_last()["outage_s"] < MAX_OUTAGE_S)
