@@ -81,6 +81,9 @@ class ServerState:
 
     def admit(self, count: int) -> Callable[[], None]:
         """Reserve `count` queue slots or refuse with 429; returns the (idempotent) release."""
+        if count > self.settings.max_queue:
+            raise APIError(400, f"the request needs {count} engine requests (prompts × n) but the server admits "
+                           f"{self.settings.max_queue} at once", param="n", code="too_many_choices")
         if self.in_flight + count > self.settings.max_queue:
             self.metrics.rejected.inc()
             raise APIError(429, f"server queue is full ({self.settings.max_queue} requests); retry later",

@@ -23,6 +23,7 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "x", "temperature": "hot"}', 400, "temperature"),
     ("/v1/completions", b'{"prompt": "x", "top_p": 0}', 400, "top_p"),
     ("/v1/completions", b'{"prompt": "x", "n": 0}', 400, "n"),
+    ("/v1/completions", b'{"prompt": ["a", "b"], "n": 33}', 400, "n"),
     ("/v1/completions", b'{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', 400, "stop"),
     ("/v1/completions", b'{"prompt": "x", "stop": [""]}', 400, "stop"),
     ("/v1/completions", b'{"prompt": "x", "stop": 7}', 400, "stop"),
