@@ -29,11 +29,15 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def error_body(error: APIError) -> dict:
+    """`{"error": {...}}` for an APIError."""
+    return {"error": {"message": error.message, "type": ERROR_TYPES.get(error.status, "invalid_request_error"),
+                      "param": error.param, "code": error.code}}
+
+
 def error_response(error: APIError) -> JSONResponse:
     """The JSON response for an APIError."""
-    body = {"message": error.message, "type": ERROR_TYPES.get(error.status, "invalid_request_error"),
-            "param": error.param, "code": error.code}
-    return JSONResponse({"error": body}, status_code=error.status, headers=error.headers)
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
 def validation_error(errors: list[dict]) -> APIError:

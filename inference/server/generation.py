@@ -57,9 +57,12 @@ class Generation:
 
     async def outputs(self) -> AsyncIterator[tuple[Choice, object]]:
         """(choice, RequestOutput) pairs from every choice as they arrive, with metrics observed."""
-        async for choice, output in merge_streams(self.choices):
-            self.record(choice, output)
-            yield choice, output
+        try:
+            async for choice, output in merge_streams(self.choices):
+                self.record(choice, output)
+                yield choice, output
+        except Exception as error:  # the engine failed the request: its loop died
+            raise APIError(503, f"generation failed: {error}", code="engine_error") from error
 
     async def run_to_end(self) -> None:
         """Consume every output (non-streaming responses)."""

@@ -4,6 +4,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+from inference.server.errors import APIError, error_body
 from inference.server.generation import Choice, Generation
 
 log = logging.getLogger("inference.server")
@@ -118,10 +119,9 @@ async def event_stream(generation: Generation, api, model: str, include_usage: b
         if include_usage:
             yield sse(envelope(generation, model, api.chunk_object, [], usage=generation.usage()))
         yield SSE_DONE
-    except Exception as error:  # the engine failed mid-stream: the status line is long gone, say it in-band
-        log.exception("stream %s failed", generation.request_id)
-        yield sse({"error": {"message": f"generation failed: {error}", "type": "internal_server_error",
-                             "param": None, "code": "engine_error"}})
+    except APIError as error:  # the engine failed mid-stream: the status line is long gone, say it in-band
+        log.error("stream %s failed: %s", generation.request_id, error.message)
+        yield sse(error_body(error))
         yield SSE_DONE
     finally:
         generation.close()

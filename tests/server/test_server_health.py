@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import httpx
@@ -76,6 +77,32 @@ def test_dead_engine_loop_is_unhealthy_and_requests_get_503(engine_dir):
             health = await client.get("/health")
         assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
         assert health.status_code == 503
+        await state.stop()
+
+    asyncio.run(scenario())
+
+
+def test_engine_dying_mid_request_is_503_or_an_in_band_stream_error(engine_dir):
+    async def scenario():
+        state = make_state(engine_dir)
+        await state.load()
+        llm_engine, real_step, steps = state.engine.engine, state.engine.engine.step, []
+
+        def dies_on_third_step():
+            steps.append(1)
+            if len(steps) == 3:
+                raise RuntimeError("boom")
+            return real_step()
+
+        llm_engine.step = dies_on_third_step
+        transport = httpx.ASGITransport(app=create_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            streamed = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 50, "stream": True})
+            whole = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 5})
+        events = streamed.text.strip().split("\n\n")
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == "engine_error"
+        assert whole.status_code == 503
         await state.stop()
 
     asyncio.run(scenario())
