@@ -18,6 +18,7 @@ MODES = ("prepare", "solve", "reset")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s")
 TASK = re.compile(r"^TASK \[(.+)\] \**$")
 ERROR_PREFIX = re.compile(r"^\[ERROR\]:\s*(Task failed:\s*)?(Action failed:\s*)?")
+UNREACHABLE_SIGNS = ("Failed to connect", "could not be sent to remote host")
 FAILED = re.compile(r"^(?:fatal|failed): \[([^\]]+)\]")
 
 
@@ -92,7 +93,7 @@ def _failure_line(stage: Stage, mode: str, rc: int, run: PlaybookRun) -> str:
     what = f"ansible-playbook {mode} of {stage.id} failed"
     if run.failure:
         task, host, kind, message = run.failure
-        kind = "unreachable" if "Failed to connect" in message else kind
+        kind = "unreachable" if any(sign in message for sign in UNREACHABLE_SIGNS) else kind
         fix = "run `lab sandbox up`" if kind == "unreachable" else "fix it, then rerun (details above)"
         return f"{what} at task '{task}' on {host} ({kind}): {message[:200]}; {fix}"
     return f"{what} (exit {rc}); read the output above and rerun"
