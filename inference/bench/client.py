@@ -137,8 +137,10 @@ async def attempt(client: httpx.AsyncClient, endpoint: Endpoint, payload: dict, 
             await read_stream(response, result)
     except httpx.TimeoutException:
         result.error = "timeout"
-    except (httpx.TransportError, json.JSONDecodeError):
+    except httpx.TransportError:
         result.error = "connection"
+    except json.JSONDecodeError:
+        result.error = "bad_chunk"
 
 
 async def send_request(
