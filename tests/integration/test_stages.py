@@ -52,6 +52,12 @@ def host_snapshots(stage) -> dict[str, list[str]]:
     return snaps
 
 
+@pytest.fixture(autouse=True)
+def private_progress(tmp_path, monkeypatch):
+    """Keep the learner's real progress file out of the tests."""
+    monkeypatch.setenv("OPSLAB_STATE_DIR", str(tmp_path))
+
+
 @pytest.fixture(scope="module", params=STAGES, ids=lambda stage: stage.id)
 def stage(request, sandbox):
     """One registry stage, on the session's sandbox."""
