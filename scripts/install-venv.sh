@@ -15,7 +15,6 @@ if [[ -x "$venv/bin/lab" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; th
 fi
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 echo "venv: pip install -e '.[dev]' (a few minutes the first time)"
-"$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q -e '.[dev]'
 echo "$wanted" > "$stamp"
 echo "venv: ready ($venv/bin/lab)"
