@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from inference.config import SamplingParams
-from inference.sampling import SamplingRow, apply_penalties, filtered_probs, make_generator, sample
+from inference.sampling import (SamplingRow, apply_penalties, draw, make_generator, sample, tempered_probs,
+                                top_k_top_p)
 
 
 def _row(params: SamplingParams, prompt=(), output=(), seed=None) -> SamplingRow:
@@ -45,16 +46,37 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
         assert tokens == logits.argmax(-1).tolist()
 
 
+def _kept(logits: torch.Tensor, **params) -> list[bool]:
+    """Which tokens stay allowed under `params` (in vocabulary order)."""
+    sp = [SamplingParams(**params)] * logits.shape[0]
+    probs, ids = top_k_top_p(tempered_probs(logits, sp), sp)
+    kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, ids, probs > 0)
+    return kept.squeeze(0).tolist()
+
+
 def test_filters_keep_exactly_the_allowed_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
-    def kept(**kw):
-        return (filtered_probs(logits, [SamplingParams(**kw)]) > 0).squeeze(0).tolist()
-    assert kept(top_k=2) == [True, True, False, False]
-    assert kept(top_p=0.7) == [True, True, False, False]
-    assert kept(top_p=0.8) == [True, True, True, False]
-    assert kept(min_p=0.25) == [True, True, True, False]
-    probs = filtered_probs(logits, [SamplingParams(temperature=2.0)])
+    assert _kept(logits, top_k=2) == [True, True, False, False]
+    assert _kept(logits, top_p=0.7) == [True, True, False, False]
+    assert _kept(logits, top_p=0.8) == [True, True, True, False]
+    assert _kept(logits, min_p=0.25) == [True, True, True, False]
+    assert _kept(logits, top_k=3, top_p=0.8) == [True, True, False, False]  # top-p within the top-3 mass
+    probs = tempered_probs(logits, [SamplingParams(temperature=2.0)])
     torch.testing.assert_close(probs, torch.softmax(logits / 2, -1))
+
+
+def test_wide_nucleus_falls_back_to_the_whole_vocabulary():
+    logits = torch.zeros(1, 1000)
+    logits[0, :10] = 1.0
+    kept = _kept(logits, top_p=0.95)
+    assert 900 < sum(kept) < 1000 and all(kept[:10])
+
+
+def test_sampled_tokens_follow_the_distribution():
+    probs = torch.tensor([[0.0, 0.7, 0.0, 0.3]])
+    generator = make_generator(3, "cpu")
+    picks = [draw(probs, [generator]).item() for _ in range(400)]
+    assert set(picks) == {1, 3} and 0.6 < picks.count(1) / 400 < 0.8
 
 
 def test_penalties():
