@@ -19,7 +19,7 @@ def _ip_json(*args: str) -> list[dict]:
 def ensure_bridge(bridge: str, gateway: str, subnet: str) -> None:
     """Create the bridge with the control host's lab address, or accept ours if it is already there."""
     prefix = ipaddress.ip_network(subnet).prefixlen
-    links = _ip_json("addr", "show", "dev", bridge)
+    links = _ip_json("-d", "addr", "show", "dev", bridge)
     if links:
         _check_ours(links[0], bridge, f"{gateway}/{prefix}")
         return
@@ -34,7 +34,7 @@ def _check_ours(link: dict, bridge: str, cidr: str) -> None:
     """An existing device of our name must be a bridge holding our address."""
     kind = link.get("linkinfo", {}).get("info_kind")
     addresses = {f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"}
-    if kind not in (None, "bridge") or addresses != {cidr}:
+    if kind != "bridge" or addresses != {cidr}:
         raise LabError(f"device {bridge} exists but is not the lab bridge ({sorted(addresses)}); "
                        f"remove it (`ip link del {bridge}`) or run `lab sandbox down`")
 

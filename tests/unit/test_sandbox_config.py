@@ -1,8 +1,11 @@
 """Sandbox pieces that need no root: image hash, package list, nspawn command lines, inventory."""
 from pathlib import Path
 
-from lab_tasks.sandbox import image, lab
-from lab_tasks.sandbox.hosts import DOCKER_BASE_IN_HOST, nspawn_argv
+import pytest
+
+from lab_tasks.errors import LabError
+from lab_tasks.sandbox import image, lab, network
+from lab_tasks.sandbox.hosts import DOCKER_BASE_IN_HOST, LabHost, nspawn_argv
 from lab_tasks.topology import topology
 
 FAKE_IMAGE = image.Image(Path("/cache/image-x"))
@@ -43,3 +46,20 @@ def test_inventory_groups_addresses_and_vars_come_from_the_topology():
     assert inventory["children"]["lb"]["hosts"]["lb1"] == {"ansible_host": topology()["hosts"]["lb1"]["address"]}
     grouped = {name for group in inventory["children"].values() for name in group["hosts"]}
     assert grouped == set(topology()["hosts"])
+
+
+def test_a_host_that_is_not_running_is_named_with_its_console_log():
+    ghost = LabHost("ghost", "10.213.7.99", 24, "10.213.7.1")
+    with pytest.raises(LabError, match=r"lab host ghost failed to boot; see .*/hosts/ghost/console\.log"):
+        lab.wait_ready(ghost, timeout=5)
+
+
+def bridge_link(address: str) -> dict:
+    """An `ip -j addr` entry of a bridge holding one IPv4 address."""
+    return {"linkinfo": {"info_kind": "bridge"}, "addr_info": [{"family": "inet", "local": address, "prefixlen": 24}]}
+
+
+def test_a_foreign_device_with_the_bridge_name_is_a_conflict():
+    with pytest.raises(LabError, match="opslab0 exists but is not the lab bridge"):
+        network._check_ours(bridge_link("10.0.0.1"), "opslab0", "10.213.7.1/24")
+    network._check_ours(bridge_link("10.213.7.1"), "opslab0", "10.213.7.1/24")
