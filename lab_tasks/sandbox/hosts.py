@@ -90,7 +90,7 @@ def mount_overlay(host: LabHost, image: Image) -> None:
 
 
 def write_identity(host: LabHost) -> None:
-    """Hostname (+ /etc/hosts line), static network, and (docker hosts) the cgroup remount unit, in the overlay."""
+    """Hostname (+ /etc/hosts line), static network, and on docker hosts their extras, in the overlay."""
     (host.root / "etc/hostname").write_text(f"{host.name}\n")
     hosts_file = host.root / "etc/hosts"
     if not hosts_file.exists() or host.name not in hosts_file.read_text().split():
@@ -101,15 +101,20 @@ def write_identity(host: LabHost) -> None:
         f"Address={host.address}/{host.prefixlen}\nGateway={host.gateway}\nLinkLocalAddressing=no\n"
     )
     if host.docker:
-        wants = host.root / "etc/systemd/system/sysinit.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        link = wants / CGROUP_RW_UNIT
-        if not link.is_symlink():
-            link.symlink_to(f"/etc/systemd/system/{CGROUP_RW_UNIT}")
-        (host.dir / "docker").mkdir(exist_ok=True)
-        (host.root / "var/lib/docker").mkdir(parents=True, exist_ok=True)
-        (host.root / Path(DOCKER_BASE_IN_HOST).parent.relative_to("/")).mkdir(parents=True, exist_ok=True)
-        (host.root / DOCKER_BASE_IN_HOST.lstrip("/")).touch()
+        prepare_docker(host)
+
+
+def prepare_docker(host: LabHost) -> None:
+    """Enable the cgroup remount unit; make /var/lib/docker's real directory and the bind mount points."""
+    wants = host.root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    if not (wants / CGROUP_RW_UNIT).is_symlink():
+        (wants / CGROUP_RW_UNIT).symlink_to(f"/etc/systemd/system/{CGROUP_RW_UNIT}")
+    (host.dir / "docker").mkdir(exist_ok=True)
+    (host.root / "var/lib/docker").mkdir(parents=True, exist_ok=True)
+    base_tar = host.root / DOCKER_BASE_IN_HOST.lstrip("/")
+    base_tar.parent.mkdir(parents=True, exist_ok=True)
+    base_tar.touch()
 
 
 def nspawn_argv(host: LabHost, image: Image, bridge: str) -> list[str]:
