@@ -91,17 +91,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCache | None, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.in_projection(x)  # [T, h, d], [T, kvh, d], [T, kvh, d]
+        qk, v = self.in_projection(x)  # [T, h + kvh, d], [T, kvh, d]
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            qk = apply_rotary(qk, *rope)  # q and k heads rotated together: one set of ops
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         out = paged_attention(q, k, v, kv_cache, meta)  # [T, h, d]
         return self.o_proj(out.flatten(1))  # [T, H]
 
-    def in_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
-        return (q.view(-1, self.num_heads, self.head_dim), k.view(-1, self.num_kv_heads, self.head_dim),
-                v.view(-1, self.num_kv_heads, self.head_dim))
+    def in_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] → query and key heads [T, h + kvh, d], value heads [T, kvh, d]."""
+        qk_size = (self.num_heads + self.num_kv_heads) * self.head_dim
+        qk, v = self.qkv_proj(x).split([qk_size, self.num_kv_heads * self.head_dim], dim=-1)
+        return qk.unflatten(-1, (-1, self.head_dim)), v.unflatten(-1, (-1, self.head_dim))
 
 
 class MLP(nn.Module):
@@ -118,7 +119,7 @@ class MLP(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32."""
+    """x / rms(x) * weight, normalized in float32 (then cast back before the weight, as HF does)."""
 
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -126,6 +127,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op; same math as below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
