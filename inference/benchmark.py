@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, list[str], P
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
     model = args.model or str(_default_model())
     config = BenchConfig(model, args.max_tokens, args.concurrency, args.prompt_tokens, args.threads, args.repeats,

@@ -418,16 +418,18 @@ class AsyncLLMEngine:
 
 
 def load_model(path: str | Path, **overrides) -> tuple[torch.nn.Module, object, EngineConfig, ModelConfig]:
-    """(model, tokenizer, engine config, model config) from an engine dir, a .gguf file or an HF dir."""
+    """(model, tokenizer, engine config, model config) from an engine dir, a .gguf file or an HF dir.
+
+    An engine dir's recorded runtime settings apply, with `overrides` on top.
+    """
     path = Path(path)
     config_path = path / "config.json"
-    if config_path.is_file() and "model" in (engine_json := json.loads(config_path.read_text())):
-        from inference.build import load_engine
+    if config_path.is_file() and "model" in json.loads(config_path.read_text()):
+        from inference.build import load_engine, read_spec
 
-        runtime = {**engine_json.get("runtime", {}), "dtype": engine_json.get("dtype", "float32")}
-        config = EngineConfig.from_dict(runtime).replace(**overrides)
-        _, model, tokenizer = load_engine(path, config.device)
-        return model, tokenizer, config, ModelConfig.from_dict(engine_json["model"])
+        config = read_spec(path).engine_config(**overrides)
+        spec, model, tokenizer = load_engine(path, config.device)
+        return model, tokenizer, config, spec.model
     return _load_checkpoint(path, EngineConfig().replace(**overrides))
 
 

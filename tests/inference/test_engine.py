@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_llama import hf_tiny, random_prompts, tiny_llm
 
+from inference.build import build_engine
 from inference.config import SamplingParams
 from inference.engine import LLM, AsyncLLMEngine
 from inference.tokenizer import Tokenizer
@@ -153,11 +154,14 @@ def test_async_engine_streams_aborts_and_reports(letters_llm):
     assert stats.generation_tokens_total > 0 and stats.num_steps > 0
 
 
-def test_llm_loads_an_hf_checkpoint_dir(hf_model, tmp_path):
+def test_llm_loads_an_hf_checkpoint_dir_and_a_built_engine(tmp_path):
     hf = hf_tiny(vocab_size=258)
-    hf.save_pretrained(tmp_path)
-    Tokenizer.byte_level().save(tmp_path)
-    llm = LLM(tmp_path, kv_block_size=4, kv_cache_bytes=2**20)
+    hf.save_pretrained(tmp_path / "hf")
+    Tokenizer.byte_level().save(tmp_path / "hf")
     expected = tiny_llm(hf, Tokenizer.byte_level()).generate(["hi there"], GREEDY)[0]
-    out = llm.generate(["hi there"], GREEDY)[0]
-    assert out.token_ids == expected.token_ids and out.prompt_token_ids[0] == 256  # <s> prepended
+    from_checkpoint = LLM(tmp_path / "hf", kv_block_size=4, kv_cache_bytes=2**20).generate(["hi there"], GREEDY)[0]
+    assert from_checkpoint.token_ids == expected.token_ids and from_checkpoint.prompt_token_ids[0] == 256  # <s>
+    build_engine(tmp_path / "hf", tmp_path / "engine", runtime_overrides={"max_num_seqs": 3, "kv_block_size": 8})
+    llm = LLM(tmp_path / "engine", kv_cache_bytes=2**20)
+    assert (llm.engine.config.max_num_seqs, llm.engine.config.kv_block_size) == (3, 8)
+    assert llm.generate(["hi there"], GREEDY)[0].token_ids == expected.token_ids
