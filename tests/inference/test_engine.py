@@ -165,3 +165,13 @@ def test_llm_loads_an_hf_checkpoint_dir_and_a_built_engine(tmp_path):
     llm = LLM(tmp_path / "engine", kv_cache_bytes=2**20)
     assert (llm.engine.config.max_num_seqs, llm.engine.config.kv_block_size) == (3, 8)
     assert llm.generate(["hi there"], GREEDY)[0].token_ids == expected.token_ids
+
+
+def test_bfloat16_engine_runs_and_agrees_with_float32(hf_model):
+    prompts = random_prompts([5, 12, 20], seed=9)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    reference = [out.token_ids for out in tiny_llm(hf_model).generate(prompts, params)]
+    llm = tiny_llm(hf_model, dtype="bfloat16")
+    assert llm.engine.runner.kv_caches[0][0].dtype == torch.bfloat16
+    outputs = [out.token_ids for out in llm.generate(prompts, params)]
+    assert [tokens[0] for tokens in outputs] == [tokens[0] for tokens in reference]
