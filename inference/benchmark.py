@@ -5,7 +5,8 @@ prefix-cache hits). Measured per engine, after an untimed warm-up:
 - TTFT of one `--prompt-tokens` prompt (prefill + first token);
 - batch-1 decode tok/s: (tokens - 1) / (time of last token - time of first token);
 - output tok/s with `--concurrency` requests submitted together (total new tokens / wall time);
-- peak RSS of the process; and the roofline: measured read bandwidth / bytes of weights read per token.
+- peak RSS of the process; the roofline: measured read bandwidth / bytes of weights read per token;
+- for our engine, the median host-side overhead per step (scheduling, tensor building, post-processing).
 Writes benchmark.json and benchmark.png into `--out`. Timings are medians over `--repeats` runs.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ class EngineResult:
     output_tok_s_concurrent: float
     peak_rss_mb: float
     weight_bytes_per_token: int
+    host_overhead_ms_per_step: float | None = None  # scheduling, tensor building, post-processing
 
 
 def make_prompts(count: int, length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
@@ -55,12 +57,13 @@ def make_prompts(count: int, length: int, vocab_size: int, seed: int = 0) -> lis
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes of weights one decode step reads: every parameter except an untied embedding table."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
-        else model.model.embed_tokens
-    skip = {id(embedding.weight)} if getattr(model, "lm_head", None) is not None \
-        and model.lm_head.weight is not embedding.weight else set()
-    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in skip}
+    """Bytes of weights one decode step reads: the state dict (quantized buffers included, shared tensors once)
+    except an untied embedding table, of which a step reads only a few rows."""
+    embedding = model.model.embed_tokens.weight
+    lm_head = getattr(model, "lm_head", None)
+    skip = {embedding.data_ptr()} if lm_head is not None and lm_head.weight.data_ptr() != embedding.data_ptr() \
+        else set()
+    tensors = {t.data_ptr(): t for t in model.state_dict().values() if t.data_ptr() not in skip}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
@@ -93,7 +96,9 @@ def bench_ours(config: BenchConfig) -> EngineResult:
     concurrent = [_ours_concurrent(engine, prompts[:config.concurrency], params, config.device)
                   for _ in range(config.repeats)]
     return EngineResult("ours", statistics.median(r[0] for r in runs) * 1000, statistics.median(r[1] for r in runs),
-                        statistics.median(concurrent), _peak_rss_mb(), weight_bytes_per_token(engine.runner.model))
+                        statistics.median(r[0] for r in concurrent), _peak_rss_mb(),
+                        weight_bytes_per_token(engine.runner.model),
+                        statistics.median(r[1] for r in concurrent) * 1000)
 
 
 def _ours_single(engine, prompt: list[int], params, device: str) -> tuple[float, float]:
@@ -106,13 +111,16 @@ def _ours_single(engine, prompt: list[int], params, device: str) -> tuple[float,
     return token_times[0] - start, (len(token_times) - 1) / (token_times[-1] - token_times[0])
 
 
-def _ours_concurrent(engine, prompts: list[list[int]], params, device: str) -> float:
+def _ours_concurrent(engine, prompts: list[list[int]], params, device: str) -> tuple[float, float]:
+    """(output tok/s, median host-side seconds per step outside model + sampling) for requests added together."""
     for i, prompt in enumerate(prompts):
         engine.add_request(f"c{i}", prompt, params)
-    start, generated = _sync_time(device), 0
+    start, generated, overheads = _sync_time(device), 0, []
     while engine.has_unfinished():
-        generated += sum(len(output.token_ids) for output in engine.step().outputs)
-    return generated / (_sync_time(device) - start)
+        step = engine.step()
+        generated += sum(len(output.token_ids) for output in step.outputs)
+        overheads.append(step.elapsed - step.model_elapsed)
+    return generated / (_sync_time(device) - start), statistics.median(overheads)
 
 
 # ---- HF transformers ----

@@ -145,7 +145,9 @@ class LLMEngine:
             raise RuntimeError("scheduler is stuck: nothing runs and the oldest waiting request cannot start")
         result = StepOutput(num_preempted=len(scheduled.preempted))
         if not scheduled.is_empty:
+            run_start = time.monotonic()
             ran = self.runner.run(scheduled.chunks)
+            result.model_elapsed = time.monotonic() - run_start - ran.prepare_seconds
             for chunk in scheduled.chunks:
                 self._count_tokens(result, chunk)
                 chunk.seq.num_computed_tokens += chunk.num_new_tokens

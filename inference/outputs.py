@@ -41,7 +41,8 @@ class StepOutput:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     num_preempted: int = 0
-    elapsed: float = 0.0  # seconds
+    elapsed: float = 0.0  # seconds for the whole step
+    model_elapsed: float = 0.0  # seconds in the model forward + sampling; the rest is host-side overhead
 
 
 class TextStream:

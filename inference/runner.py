@@ -6,6 +6,7 @@ last token of sequences that completed their prompt/decode, and samples.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -37,6 +38,7 @@ class RunnerOutput:
     seqs: list[Sequence]
     token_ids: list[int]
     logprobs: list[TokenLogprob | None]
+    prepare_seconds: float = 0.0  # host time spent building the step's tensors
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -77,13 +79,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk]) -> RunnerOutput:
+        start = time.monotonic()
         inputs = self.prepare(chunks)
+        prepared = time.monotonic() - start
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)  # [T, H]
         if not inputs.sampled_seqs:
-            return RunnerOutput([], [], [])
+            return RunnerOutput([], [], [], prepared)
         logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [N, vocab]
         token_ids, logprobs = sample(logits, [self._sampling_row(seq) for seq in inputs.sampled_seqs])
-        return RunnerOutput(inputs.sampled_seqs, token_ids, logprobs)
+        return RunnerOutput(inputs.sampled_seqs, token_ids, logprobs, prepared)
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
         """Flat lists for every scheduled token, then one tensor each."""
