@@ -22,6 +22,7 @@ METHODS = ("stop-nginx", "stop-keepalived", "stop-host")
 KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 REQUEST_TIMEOUT_S = 0.5
 LINK_DOWN_S = 8
+SETTLE_S = 4.0  # keep streaming this long after the restore: a node that preempts back shows up as a second outage
 LAST_RESULT = "last-failover.json"
 
 
@@ -249,7 +250,8 @@ def run_drill(cluster: Cluster, method: str, duration_s: float, interval_s: floa
     cluster.log(f"VIP now on {to_host or 'no single host'}; waiting for answers")
     wait_until(lambda: stream.succeeded_since(t_break, 5), _left(deadline))
     _restore(cluster, from_host, restorer, method, deadline)
-    wait_until(lambda: stream.succeeded_since(stream.now() - 1.0, 10), _left(deadline))
+    settled = stream.now() + SETTLE_S
+    wait_until(lambda: stream.now() >= settled and stream.succeeded_since(settled - 1.0, 5), _left(deadline))
     samples = stream.stop()
     return DrillResult(
         method=method, vip=cluster.vip, from_host=from_host, to_host=to_host, started_at=started_at,

@@ -82,11 +82,13 @@ def vip(lab: Lab) -> Verdict:
 
 
 def vip_http(lab: Lab) -> Verdict:
-    """HTTP through the VIP answers."""
-    target = httpprobe.url(lab.vip, lab.ports["http"])
-    reply = httpprobe.get(target)
-    return expect(reply.ok, expected=f"a 2xx answer from {target}",
-                  found=reply.describe() + (f" from {reply.served_by}" if reply.served_by else ""))
+    """HTTP through the VIP answers, and nginx answers on every lb host's own address (either may hold it)."""
+    targets = [httpprobe.url(a, lab.ports["http"]) for a in [lab.vip] + [lab.address(h) for h in _lbs(lab)]]
+    replies = {t: httpprobe.get(t) for t in targets}
+    return expect(all(r.ok for r in replies.values()),
+                  expected=f"2xx answers from {', '.join(targets)}",
+                  found=", ".join(f"{t}: {r.describe()}" + (f" from {r.served_by}" if r.served_by else "")
+                                  for t, r in replies.items()))
 
 
 def track_script(lab: Lab) -> Verdict:
