@@ -175,3 +175,26 @@ def test_bfloat16_engine_runs_and_agrees_with_float32(hf_model):
     assert llm.engine.runner.kv_caches[0][0].dtype == torch.bfloat16
     outputs = [out.token_ids for out in llm.generate(prompts, params)]
     assert [tokens[0] for tokens in outputs] == [tokens[0] for tokens in reference]
+
+
+def test_async_engine_ticks_while_idle_and_fails_streams_when_the_engine_breaks(hf_model):
+    async def scenario():
+        engine = AsyncLLMEngine(tiny_llm(hf_model).engine)
+        await engine.start()
+        before = engine.stats().last_step_time
+        await asyncio.sleep(3 * AsyncLLMEngine.IDLE_TICK_S)
+        ticked = engine.stats().last_step_time > before
+
+        def broken_step():
+            raise RuntimeError("kernel exploded")
+
+        engine.engine.step = broken_step
+        stream = engine.add_request("x", [1, 2, 3], SamplingParams(max_tokens=4))
+        with pytest.raises(RuntimeError, match="kernel exploded"):
+            await anext(stream)
+        alive = engine.stats().is_alive
+        await engine.stop()
+        return ticked, alive, engine.error
+
+    ticked, alive, error = asyncio.run(scenario())
+    assert ticked and not alive and isinstance(error, RuntimeError)
