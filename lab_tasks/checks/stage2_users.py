@@ -7,6 +7,8 @@ import shlex
 
 from lab_tasks.checks import Lab, Verdict, expect
 
+# Commands the sudo rule must NOT allow: a wildcard or an ALL rule would let these through.
+DENIED_SUDO_COMMANDS = ("/usr/bin/systemctl stop cron", "/bin/bash")
 CHAGE_FIELDS = {
     "max": "Maximum number of days between password change",
     "warn": "Number of days of warning before password expires",
@@ -119,14 +121,13 @@ def _sudo_allows(host, user: str, command: str) -> bool:
 def _sudo_problems(lab: Lab) -> list[str]:
     """Behaviour of the sudo policy: members may run the command, nothing broader, others nothing."""
     host, command = lab.host(), lab.vars["stage2_users_sudo_command"]
-    broader = command.replace(" restart ", " stop ")
     problems = []
     for account in lab.vars["stage2_users_accounts"]:
         listing = _run(host, "sudo", "-n", "-l", "-U", account["name"]).stdout
         if not _sudo_allows(host, account["name"], command) or "NOPASSWD" not in listing:
             problems.append(f"{account['name']} may not run `{command}` without a password")
-        elif _sudo_allows(host, account["name"], broader):
-            problems.append(f"{account['name']} may also run `{broader}`")
+        problems += [f"{account['name']} may also run `{denied}`" for denied in DENIED_SUDO_COMMANDS
+                     if _sudo_allows(host, account["name"], denied)]
     if _sudo_allows(host, lab.vars["stage2_users_auditor"], command):
         problems.append(f"{lab.vars['stage2_users_auditor']} (not in the group) may run it too")
     return problems
