@@ -116,7 +116,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs > 0, "max_num_seqs must be > 0")
-        _require(self.max_num_batched_tokens > 0, "max_num_batched_tokens must be > 0")
+        _require(self.max_num_batched_tokens >= self.max_num_seqs,
+                 "max_num_batched_tokens must be >= max_num_seqs (every running sequence decodes each step)")
         _require(self.kv_block_size > 0, "kv_block_size must be > 0")
         _require(0 < self.kv_cache_memory_fraction <= 1, "kv_cache_memory_fraction must be in (0, 1]")
         _require(self.kv_cache_bytes is None or self.kv_cache_bytes > 0, "kv_cache_bytes must be > 0")

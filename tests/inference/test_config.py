@@ -42,6 +42,7 @@ def test_engine_config_overrides_and_validation():
     assert config.resolve_max_model_len(ModelConfig(**TINY, max_position_embeddings=100)) == 100
     with pytest.raises(ValueError, match="unknown engine options"):
         config.replace(bogus=1)
-    for bad in (dict(max_num_seqs=0), dict(kv_cache_memory_fraction=1.5), dict(dtype="int8")):
+    for bad in (dict(max_num_seqs=0), dict(kv_cache_memory_fraction=1.5), dict(dtype="int8"),
+                dict(max_num_seqs=32, max_num_batched_tokens=16)):
         with pytest.raises(ValueError):
             EngineConfig(**bad)

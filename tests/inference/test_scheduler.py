@@ -32,7 +32,7 @@ def _plan(output: SchedulerOutput) -> list[tuple[str, int]]:
 
 
 def test_long_prompt_is_chunked_under_the_token_budget():
-    scheduler = _scheduler(max_num_batched_tokens=8)
+    scheduler = _scheduler(max_num_batched_tokens=8, max_num_seqs=4)
     _add(scheduler, 20, "long")
     plans = []
     for _ in range(3):
@@ -43,7 +43,7 @@ def test_long_prompt_is_chunked_under_the_token_budget():
 
 
 def test_decodes_go_first_and_prefill_fills_the_rest_of_the_budget():
-    scheduler = _scheduler(max_num_batched_tokens=10)
+    scheduler = _scheduler(max_num_batched_tokens=10, max_num_seqs=4)
     _add(scheduler, 3, "a")
     _complete(scheduler.schedule())  # a prefilled, has one output token
     _add(scheduler, 30, "b")
