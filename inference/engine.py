@@ -102,12 +102,14 @@ class LLMEngine:
             raise ValueError(f"request needs up to {longest} tokens of KV cache but the cache holds "
                              f"{self.block_manager.num_blocks * self.block_manager.block_size}: it can never fit")
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> Sequence:
+        """Queue a request (arrival_time: time.monotonic() when it reached the server; default now)."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already active")
         prompt_token_ids = self.tokenize(prompt)
         self.validate(prompt_token_ids, params)
-        seq = Sequence(request_id, prompt_token_ids, params)
+        seq = Sequence(request_id, prompt_token_ids, params, arrival_time)
         detokenizer = self._detokenizer()
         self.requests[request_id] = _Request(seq, TextStream(detokenizer, params.stop,
                                                              params.include_stop_str_in_output),
@@ -335,7 +337,7 @@ class AsyncLLMEngine:
         self.engine.validate(prompt_token_ids, params)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = stream
-        self._command(("add", request_id, prompt_token_ids, params))
+        self._command(("add", request_id, prompt_token_ids, params, time.monotonic()))
         return self._stream(request_id, stream)
 
     def abort(self, request_id: str) -> None:
@@ -389,9 +391,10 @@ class AsyncLLMEngine:
                 output = self.engine.abort_request(request_id)
                 self._publish([output] if output else [])
 
-    def _add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def _add(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+             arrival_time: float) -> None:
         try:
-            self.engine.add_request(request_id, prompt_token_ids, params)
+            self.engine.add_request(request_id, prompt_token_ids, params, arrival_time)
         except ValueError as error:
             self._loop.call_soon_threadsafe(self._deliver_error, request_id, error)
 

@@ -16,7 +16,8 @@ class SequenceStatus(Enum):
 class Sequence:
     """Prompt plus generated tokens, the KV blocks holding them, and how far the model has computed."""
 
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams):
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                 arrival_time: float | None = None):
         self.request_id = request_id
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -26,7 +27,7 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache (prefix hits included)
         self.num_hashed_blocks = 0  # leading blocks registered in the prefix cache
         self.finish_reason: str | None = None
-        self.arrival_time = time.monotonic()
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.first_token_time: float | None = None
 
     def __len__(self) -> int:
