@@ -5,6 +5,8 @@ import asyncio
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tiny_llama import hf_tiny, random_prompts, tiny_llm
 
 from inference.build import build_engine
@@ -198,3 +200,32 @@ def test_async_engine_ticks_while_idle_and_fails_streams_when_the_engine_breaks(
 
     ticked, alive, error = asyncio.run(scenario())
     assert ticked and not alive and isinstance(error, RuntimeError)
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 14), st.integers(1, 12)),
+    st.tuples(st.just("abort"), st.integers(0, 50), st.just(0)),
+    st.tuples(st.just("step"), st.integers(1, 4), st.just(0))), max_size=25)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_any_mix_of_adds_aborts_and_steps_returns_every_block(hf_model, ops):
+    """Tiny KV pool (10 blocks of 4), prefix-sharing prompts: preemption, prefix hits and aborts interleave."""
+    engine = tiny_llm(hf_model, kv_cache_bytes=10 * 2048, max_num_batched_tokens=8, max_num_seqs=4).engine
+    shared = random_prompts([8], seed=11)[0]
+    added = []
+    for kind, a, b in ops:
+        if kind == "add":
+            added.append(f"r{len(added)}")
+            engine.add_request(added[-1], (shared + list(range(a)))[:a + 4], SamplingParams(temperature=0, max_tokens=b))
+        elif kind == "abort" and added:
+            engine.abort_request(added[a % len(added)])
+        else:
+            for _ in range(a):
+                engine.step()
+    while engine.has_unfinished():
+        engine.step()
+    manager = engine.block_manager
+    assert manager.num_free_blocks == manager.num_blocks and not engine.requests
+    assert all(block.ref_count == 0 for block in manager.blocks)
