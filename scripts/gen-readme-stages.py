@@ -22,7 +22,7 @@ def stage_table(registry: Registry) -> str:
             "|---|---|---|---|---|---|"]
     for stage in registry.stages:
         tasks = ", ".join(task.id for task in stage.tasks)
-        rows.append(f"| {stage.number} | `{stage.id}` / `{stage.slug}` | {stage.title} | "
+        rows.append(f"| {stage.id.removeprefix('stage')} | `{stage.id}` / `{stage.slug}` | {stage.title} | "
                     f"{', '.join(stage.hosts)} | {tasks} | [{stage.page}]({stage.page}) |")
     return "\n".join(rows)
 
