@@ -80,39 +80,40 @@ def up(say=print) -> list[HostStatus]:
     network.ensure_bridge(net["bridge"], net["gateway"], net["subnet"])
     network.ensure_rules(net["bridge"])
     hosts = lab_hosts()
-    for host in hosts:
-        boot(host, image, net["bridge"], say)
+    booted = [boot(host, image, net["bridge"], say) for host in hosts]
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        for host, restarted in zip(hosts, pool.map(wait_ready, hosts)):
+        for host, restarted in zip(hosts, pool.map(wait_ready, hosts, booted)):
             if restarted:
                 say(f"{host.name}: restarted units that failed at boot: {restarted}")
     write_inventory()
-    return status()
+    return [HostStatus(host.name, host.address, hostmod.read_pid(host), ssh=True) for host in hosts]
 
 
-def boot(host: LabHost, image: Image, bridge: str, say) -> None:
-    """Start a host unless it runs; a stopped host made on another image starts afresh."""
+def boot(host: LabHost, image: Image, bridge: str, say) -> bool:
+    """Start a host unless it runs (then False); a stopped host made on another image starts afresh."""
     recorded = hostmod.recorded_image(host)
     if hostmod.read_pid(host):
         if recorded != str(image.path):
             say(f"{host.name}: runs on an older image; `lab sandbox down` then `up` to refresh it")
-        return
+        return False
     if recorded not in (None, str(image.path)):
         say(f"{host.name}: the image changed; starting it afresh")
         hostmod.remove(host)
     hostmod.mount_overlay(host, image)
     hostmod.write_identity(host)
     hostmod.start(host, image, bridge)
+    return True
 
 
-def wait_ready(host: LabHost, timeout: float = BOOT_TIMEOUT_S) -> str:
-    """Wait until the host answers SSH and has booted; returns the units restarted after boot."""
+def wait_ready(host: LabHost, booted: bool = True, timeout: float = BOOT_TIMEOUT_S) -> str:
+    """Wait until the host answers SSH; a just-booted one also settles. Returns the units restarted."""
+    command = SETTLE_SCRIPT if booted else "true"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if hostmod.read_pid(host) is None:
             raise LabError(f"lab host {host.name} failed to boot; see {host.log}")
         try:
-            done = subprocess.run(ssh_argv(host.address, SETTLE_SCRIPT), capture_output=True, text=True,
+            done = subprocess.run(ssh_argv(host.address, command), capture_output=True, text=True,
                                   timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             break
