@@ -288,20 +288,24 @@ def drills_dir() -> Path:
 
 
 def save(result: DrillResult, directory: Path | None = None) -> Path:
-    """Write the result as drills/failover-<time>.json and drills/last-failover.json; returns the latter."""
+    """Write drills/failover-<time>.json, drills/last-failover.json and drills/last-failover-<method>.json."""
     directory = directory or drills_dir()
     directory.mkdir(parents=True, exist_ok=True)
     stamp = result.started_at.replace(":", "").replace("+0000", "Z")
-    (directory / f"failover-{stamp}.json").write_text(result.to_json() + "\n")
-    last = directory / LAST_RESULT
-    last.write_text(result.to_json() + "\n")
-    return last
+    text = result.to_json() + "\n"
+    for name in (f"failover-{stamp}.json", _last_name(result.method), _last_name(None)):
+        (directory / name).write_text(text)
+    return directory / _last_name(None)
 
 
-def load_last(directory: Path | None = None) -> dict | None:
-    """The last saved drill result, or None when no drill ran (or the file is unreadable)."""
-    path = (directory or drills_dir()) / LAST_RESULT
+def load_last(directory: Path | None = None, method: str | None = None) -> dict | None:
+    """The last saved drill result (of `method`, when given), or None when none ran or it is unreadable."""
+    path = (directory or drills_dir()) / _last_name(method)
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def _last_name(method: str | None) -> str:
+    return f"last-failover-{method}.json" if method else LAST_RESULT

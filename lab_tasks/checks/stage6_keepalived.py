@@ -13,6 +13,7 @@ from lab_tasks import drill, httpprobe
 from lab_tasks.checks import Lab, Verdict, expect
 
 MAX_OUTAGE_S = 3.0
+DRILL_METHOD = "stop-nginx"  # the task: nginx dies on the VIP holder
 CONF = drill.KEEPALIVED_CONF
 
 
@@ -165,10 +166,11 @@ def active(lab: Lab) -> Verdict:
 
 
 def failover_drill(lab: Lab) -> Verdict:
-    """The last `lab drill failover` ran against the current config, moved the VIP, with an outage under 3 s."""
-    last = drill.load_last()
+    """The last `lab drill failover` (stop-nginx) ran against the current config, moved the VIP, with an outage under 3 s."""
+    last = drill.load_last(method=DRILL_METHOD)
     if last is None:
-        return expect(False, expected=f"a drill result in {drill.drills_dir()}", found="no drill has run")
+        return expect(False, expected=f"a {DRILL_METHOD} drill result in {drill.drills_dir()}",
+                      found=f"no {DRILL_METHOD} drill has run")
     current = drill.config_fingerprint(_run(lab), _lbs(lab))
     same_config = last.get("config_sha256") == current
     outage = last.get("outage_s")

@@ -91,6 +91,14 @@ def test_save_keeps_history_and_last(tmp_path):
     assert loaded["outage_s"] == pytest.approx(0.1) and loaded["failed"] == 2
 
 
+def test_the_last_result_of_each_method_is_kept(tmp_path):
+    drill.save(result(), tmp_path)
+    drill.save(result(method="stop-host", started_at="2026-01-02T03:05:00+00:00"), tmp_path)
+    assert drill.load_last(tmp_path)["method"] == "stop-host"
+    assert drill.load_last(tmp_path, method="stop-nginx")["method"] == "stop-nginx"
+    assert drill.load_last(tmp_path, method="stop-keepalived") is None
+
+
 def test_load_last_without_a_drill(tmp_path):
     assert drill.load_last(tmp_path) is None
     (tmp_path / "last-failover.json").write_text("{not json")
