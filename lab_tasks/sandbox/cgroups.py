@@ -6,6 +6,8 @@ needs it (its cgroup namespace then covers only the host's own subtree).
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -55,22 +57,33 @@ def join(directories: list[Path]) -> None:
         (directory / "cgroup.procs").write_text(str(os.getpid()))
 
 
-def remove(directories: list[Path]) -> None:
-    """Remove the host's cgroups, deepest first (the container leaves sub-cgroups behind)."""
+def kill_all(directories: list[Path]) -> None:
+    """SIGKILL every process left in these cgroups and their sub-cgroups (a container orphaned by nspawn)."""
     for directory in directories:
-        if not directory.is_dir():
-            continue
-        for sub, _dirs, _files in sorted(os.walk(directory), key=lambda entry: -entry[0].count("/")):
-            try:
-                os.rmdir(sub)
-            except OSError:
-                pass
-        _remove_empty_parent(directory.parent)
+        for path, _dirs, _files in os.walk(directory):
+            for pid in (Path(path) / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
-def _remove_empty_parent(directory: Path) -> None:
-    """Drop the shared `opslab` cgroup once no host uses it."""
-    try:
-        directory.rmdir()
-    except OSError:
-        pass
+def remove(directories: list[Path], timeout: float = 10) -> None:
+    """Remove the host's cgroups, deepest first; retry while the last processes in them finish exiting."""
+    deadline = time.monotonic() + timeout
+    for directory in directories:
+        while directory.is_dir() and not _rmdir_tree(directory) and time.monotonic() < deadline:
+            kill_all([directory])
+            time.sleep(0.2)
+        _rmdir_tree(directory.parent, recursive=False)  # the shared `opslab` cgroup, once no host uses it
+
+
+def _rmdir_tree(directory: Path, recursive: bool = True) -> bool:
+    """rmdir the cgroup (and its sub-cgroups, deepest first); True when it is gone."""
+    walk = sorted(os.walk(directory), key=lambda entry: -entry[0].count("/")) if recursive else [(str(directory),)]
+    for entry in walk:
+        try:
+            os.rmdir(entry[0])
+        except OSError:
+            pass
+    return not directory.exists()

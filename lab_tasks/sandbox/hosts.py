@@ -169,11 +169,22 @@ def _reap(pid: int) -> None:
         pass
 
 
+def host_cgroups(host: LabHost) -> list[Path]:
+    """The cgroup directories recorded for the host at its last start."""
+    stamp = host.dir / "cgroups"
+    return [Path(line) for line in stamp.read_text().split()] if stamp.exists() else []
+
+
+def clear_leftovers(host: LabHost) -> None:
+    """Kill what an nspawn that died left running in the host's cgroups, and its veth on the bridge."""
+    cgroups.kill_all([d for d in host_cgroups(host) if d.is_dir()])
+    subprocess.run(["ip", "link", "del", f"vb-{host.name}"], capture_output=True)
+
+
 def remove(host: LabHost) -> None:
-    """Unmount the overlay and delete everything the host left: cgroups, state, its disk."""
+    """Unmount the overlay and delete everything the host left: processes, cgroups, state, its disk."""
+    clear_leftovers(host)
     if is_mounted(host.root) and subprocess.run(["umount", str(host.root)]).returncode != 0:
         raise LabError(f"cannot unmount {host.root} (busy?); leave any shell inside it and rerun `lab sandbox down`")
-    stamp = host.dir / "cgroups"
-    if stamp.exists():
-        cgroups.remove([Path(line) for line in stamp.read_text().split()])
+    cgroups.remove(host_cgroups(host))
     shutil.rmtree(host.dir, ignore_errors=True)

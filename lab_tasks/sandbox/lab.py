@@ -99,6 +99,7 @@ def boot(host: LabHost, image: Image, bridge: str, say) -> bool:
     if recorded not in (None, str(image.path)):
         say(f"{host.name}: the image changed; starting it afresh")
         hostmod.remove(host)
+    hostmod.clear_leftovers(host)
     hostmod.mount_overlay(host, image)
     hostmod.write_identity(host)
     hostmod.start(host, image, bridge)

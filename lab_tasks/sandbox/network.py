@@ -48,7 +48,9 @@ def _check_subnet_free(bridge: str, subnet: str) -> None:
 
 
 def remove_bridge(bridge: str) -> None:
-    """Delete the bridge if it exists."""
+    """Delete the bridge and any host veth still enslaved to it (the kernel frees them lazily)."""
+    for link in _ip_json("link", "show", "master", bridge):
+        subprocess.run(["ip", "link", "del", link["ifname"]], capture_output=True)
     if _ip_json("link", "show", "dev", bridge):
         subprocess.run(["ip", "link", "del", bridge], check=True)
 
