@@ -1,6 +1,8 @@
 """`lab sandbox`: idempotent up, SSH to every host, status, exec, docker host, and a clean `down`."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -95,10 +97,12 @@ def test_docker_host_runs_a_container_from_the_base_tarball(sandbox):
     assert done.stdout.strip().startswith("12.")
 
 
-def test_up_restarts_a_host_that_died(sandbox):
+def test_up_restarts_a_host_whose_nspawn_was_killed(sandbox):
+    """SIGKILL leaves the container running orphaned (pitfall 4); `up` must clear it and boot afresh."""
     host = sandbox_lab.lab_host("app2")
-    pid = sandbox_hosts.signal_stop(host)
-    sandbox_hosts.wait_stopped(host, pid)
+    pid = sandbox_hosts.read_pid(host)
+    os.kill(pid, signal.SIGKILL)
+    sandbox_hosts.wait_stopped(host, pid, timeout=10)
     assert sandbox_hosts.read_pid(host) is None
     done = run_lab("sandbox", "up")
     assert done.returncode == 0, done.stderr
