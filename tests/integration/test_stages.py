@@ -52,10 +52,15 @@ def host_snapshots(stage) -> dict[str, list[str]]:
     return snaps
 
 
-@pytest.fixture(autouse=True)
-def private_progress(tmp_path, monkeypatch):
-    """Keep the learner's real progress file out of the tests."""
-    monkeypatch.setenv("OPSLAB_STATE_DIR", str(tmp_path))
+@pytest.fixture(scope="module", autouse=True)
+def private_state(tmp_path_factory):
+    """Keep the learner's real state (progress, drills, generated secrets) out of the tests.
+
+    One directory for the whole module: a stage's solve, checks and second solve must see the same
+    state, or a secret generated there (stage 6's VRRP password) changes between runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPSLAB_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+        yield
 
 
 @pytest.fixture(scope="module", params=STAGES, ids=lambda stage: stage.id)
