@@ -22,9 +22,13 @@ _session = {"was_up": False}
 
 
 def run_lab(*args: str, check: bool = False, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """Run `.venv/bin/lab ARGS` from the project root; output captured as text."""
-    return subprocess.run([str(LAB), *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          check=check, timeout=timeout)
+    """Run `.venv/bin/lab ARGS` from the project root; output captured as text.
+
+    With `check`, a non-zero exit fails the caller with the tail of both output streams."""
+    done = subprocess.run([str(LAB), *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert not check or done.returncode == 0, (
+        f"lab {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
 
 
 def missing_prerequisite() -> str | None:

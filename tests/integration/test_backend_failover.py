@@ -18,8 +18,7 @@ REQUESTS = 20
 @pytest.fixture(scope="module")
 def lab_hosts(sandbox):
     """(inventory, lb url) with stage 5 in its reference state."""
-    done = run_lab("solve", "stage5")
-    assert done.returncode == 0, f"lab solve stage5:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    run_lab("solve", "stage5", check=True)
     inventory = Inventory(default_inventory_path())
     lb = inventory.hosts("lb")[0]
     return inventory, httpprobe.url(inventory.host(lb).address, ports()["http"])

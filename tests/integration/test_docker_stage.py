@@ -24,8 +24,7 @@ DEADLINE_S = 120
 @pytest.fixture(scope="module")
 def docker_host(sandbox):
     """(testinfra host, address) of the solved stage's docker host; reset afterwards."""
-    done = run_lab("solve", "stage8")
-    assert done.returncode == 0, f"lab solve stage8 failed:\n{done.stdout[-3000:]}\n{done.stderr[-1000:]}"
+    run_lab("solve", "stage8", check=True)
     inventory = Inventory(default_inventory_path())
     info = inventory.host(inventory.hosts("docker")[0])
     host = ssh_host(info)

@@ -20,8 +20,7 @@ RESULTS = PROJECT_ROOT / "results"
 def solved(sandbox):
     """Backends (stage 5) and the VRRP pair (stage 6) in their reference state."""
     for stage in ("stage5", "stage6"):
-        done = run_lab("solve", stage)
-        assert done.returncode == 0, f"lab solve {stage}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        run_lab("solve", stage, check=True)
 
 
 def vip_holders() -> list[str]:
@@ -38,8 +37,7 @@ def vip_holders() -> list[str]:
 def run_drill(method: str) -> tuple[list[str], dict, list[str]]:
     """(holders before, the drill's JSON, holders after); the JSON is also written to results/."""
     before = vip_holders()
-    done = run_lab("drill", "failover", "--method", method, "--json", timeout=300)
-    assert done.returncode == 0, f"drill exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    done = run_lab("drill", "failover", "--method", method, "--json", timeout=300, check=True)
     result = json.loads(done.stdout)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"failover-drill-{method}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -25,10 +25,8 @@ REPLICATION_DEADLINE_S = 30
 @pytest.fixture(scope="module")
 def db_hosts(sandbox):
     """[primary, replica] testinfra hosts of the solved stage; reset afterwards."""
-    started = run_lab("start", "stage7")  # solve builds on the prepared stage: the seeded database
-    assert started.returncode == 0, f"lab start stage7 failed:\n{started.stdout[-3000:]}\n{started.stderr[-1000:]}"
-    done = run_lab("solve", "stage7")
-    assert done.returncode == 0, f"lab solve stage7 failed:\n{done.stdout[-3000:]}\n{done.stderr[-1000:]}"
+    run_lab("start", "stage7", check=True)  # solve builds on the prepared stage: the seeded database
+    run_lab("solve", "stage7", check=True)
     inventory = Inventory(default_inventory_path())
     hosts = [ssh_host(inventory.host(name)) for name in inventory.hosts("db")]
     yield hosts
