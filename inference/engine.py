@@ -199,7 +199,8 @@ class LLMEngine:
             request_id=seq.request_id, text=request.stream.take_delta(finished), token_ids=token_ids,
             finished=finished, finish_reason=seq.finish_reason, num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens, logprobs=logprobs if request.logprobs is not None else None,
-            arrival_time=seq.arrival_time, first_token_time=seq.first_token_time)
+            arrival_time=seq.arrival_time, first_scheduled_time=seq.first_scheduled_time,
+            first_token_time=seq.first_token_time)
 
     def stats(self) -> EngineStats:
         manager = self.block_manager

@@ -19,6 +19,7 @@ class RequestOutput:
     num_output_tokens: int
     logprobs: list[TokenLogprob] | None
     arrival_time: float  # time.monotonic()
+    first_scheduled_time: float | None  # None while it waits for its first chunk
     first_token_time: float | None
 
 

@@ -95,6 +95,7 @@ class Scheduler:
             self.waiting.popleft()
             self.block_manager.allocate(seq)
             seq.status = SequenceStatus.RUNNING
+            seq.mark_scheduled()
             self.running.append(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             output.chunks.append(ScheduledChunk(seq, num_new))

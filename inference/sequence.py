@@ -28,6 +28,7 @@ class Sequence:
         self.num_hashed_blocks = 0  # leading blocks registered in the prefix cache
         self.finish_reason: str | None = None
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.first_scheduled_time: float | None = None  # when it first got a chunk (queue time ends here)
         self.first_token_time: float | None = None
 
     def __len__(self) -> int:
@@ -60,6 +61,11 @@ class Sequence:
     def block_tokens(self, index: int, block_size: int) -> list[int]:
         """Token ids that belong in block `index` of this sequence."""
         return self.token_ids[index * block_size:(index + 1) * block_size]
+
+    def mark_scheduled(self) -> None:
+        """Record the first time the scheduler gives this sequence a chunk (later admissions keep it)."""
+        if self.first_scheduled_time is None:
+            self.first_scheduled_time = time.monotonic()
 
     def append_token(self, token_id: int) -> None:
         if self.first_token_time is None:

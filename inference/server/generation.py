@@ -84,6 +84,7 @@ class Generation:
         if output.finished:
             choice.finish_reason = output.finish_reason or "stop"
             self.metrics.observe_finished(choice.finish_reason, now - output.arrival_time)
+            self.metrics.observe_phases(output, now)
 
     def usage(self) -> dict[str, int]:
         """OpenAI usage: each prompt counted once, every choice's output tokens."""

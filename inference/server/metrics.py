@@ -58,6 +58,12 @@ class ServerMetrics:
         self.tpot = self.histogram("vllm:time_per_output_token_seconds", "Alias of inter-token latency.",
                                    TOKEN_GAP_BUCKETS)
         self.e2e = self.histogram("vllm:e2e_request_latency_seconds", "Arrival to last token.", LATENCY_BUCKETS)
+        self.queue_time = self.histogram("vllm:request_queue_time_seconds", "Arrival to first scheduled.",
+                                         LATENCY_BUCKETS)
+        self.prefill_time = self.histogram("vllm:request_prefill_time_seconds", "First scheduled to first token.",
+                                           LATENCY_BUCKETS)
+        self.decode_time = self.histogram("vllm:request_decode_time_seconds", "First token to last token.",
+                                          LATENCY_BUCKETS)
         self.finished = Counter("vllm:request_success", "Finished requests by finish reason.",
                                 ["model_name", "finished_reason"], registry=self.registry)
         self.aborted = Counter("vllm:request_aborted", "Requests aborted (client gone, drain timeout).",
@@ -79,3 +85,12 @@ class ServerMetrics:
         """A request ended: count it by reason and record its end-to-end latency."""
         self.finished.labels(self.model_name, reason).inc()
         self.e2e.observe(e2e_seconds)
+
+    def observe_phases(self, output, end: float) -> None:
+        """A request ended at `end`: its queue, prefill and decode times (each only if it reached that phase)."""
+        scheduled, first_token = output.first_scheduled_time, output.first_token_time
+        if scheduled is not None:
+            self.queue_time.observe(max(scheduled - output.arrival_time, 0.0))
+        if scheduled is not None and first_token is not None:
+            self.prefill_time.observe(max(first_token - scheduled, 0.0))
+            self.decode_time.observe(max(end - first_token, 0.0))

@@ -100,3 +100,20 @@ def test_finish_frees_blocks_and_removes_from_queues():
     assert not scheduler.has_unfinished()
     assert scheduler.block_manager.num_free_blocks == 8
     assert running.finish_reason == waiting.finish_reason == "abort"
+
+
+def test_first_scheduled_time_is_set_on_first_admission_only():
+    scheduler = _scheduler(num_blocks=3, block_size=4, max_num_seqs=2)
+    old, new = _add(scheduler, 4, "old"), _add(scheduler, 4, "new")
+    late = _add(scheduler, 4, "late")
+    _complete(scheduler.schedule())
+    assert late.first_scheduled_time is None  # behind a full batch: still queued
+    admitted = new.first_scheduled_time
+    assert admitted >= new.arrival_time
+    output = scheduler.schedule()
+    assert output.preempted == [new] and late.first_scheduled_time is None
+    _complete(output)
+    scheduler.finish(old, "stop")
+    assert _plan(scheduler.schedule()) == [("new", 5), ("late", 4)]
+    assert new.first_scheduled_time == admitted  # readmission after preemption keeps the first time
+    assert late.first_scheduled_time >= late.arrival_time
