@@ -33,6 +33,8 @@ def build_parser() -> Parser:
     build.add_argument("--dtype", choices=DTYPES, default="float32")
     build.add_argument("--quant", choices=QUANT_MODES, default="none")
     build.add_argument("--group-size", type=int, choices=GROUP_SIZES, default=128, help="int4 group size")
+    build.add_argument("--full-precision-head", action="store_true",
+                       help="with --quant, keep the output head in --dtype (default: int8)")
     build.add_argument("--lora", type=Path, help="PEFT LoRA adapter directory to merge")
     _add_runtime_arguments(build)
     fetch = commands.add_parser("fetch-model", help="download and cache SmolLM2-135M-Instruct Q4_1 GGUF")
@@ -59,7 +61,8 @@ def run_build(args: argparse.Namespace) -> str:
     if args.lora is not None and not args.lora.is_dir():
         raise CliError(f"LoRA adapter directory {args.lora} does not exist")
     overrides = {key: getattr(args, key) for key in RUNTIME_KEYS if getattr(args, key) is not None}
-    spec = build_engine(args.model, args.output, args.dtype, args.quant, args.group_size, args.lora, overrides)
+    spec = build_engine(args.model, args.output, args.dtype, args.quant, args.group_size, args.lora, overrides,
+                        quantize_head=not args.full_precision_head)
     return f"built {args.output} ({spec.dtype}, quant {spec.quant.mode}, lora {'yes' if spec.lora else 'no'})"
 
 

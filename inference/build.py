@@ -34,6 +34,7 @@ WEIGHTS_FILE = "model.safetensors"
 RUNTIME_KEYS = ("max_num_seqs", "max_num_batched_tokens", "kv_block_size", "kv_cache_memory_fraction",
                 "kv_cache_bytes", "max_model_len")
 QUANT_METADATA = (".scales", ".mins")  # kept in the dtype quantization chose
+FORMAT_VERSION = 2  # 2: int4 block-32 nibble layout, int8 output head
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,8 @@ class EngineSpec:
     build: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.to_dict(), "dtype": self.dtype, "quant": self.quant.to_dict(),
-                "lora": self.lora, "runtime": self.runtime, "build": self.build}
+        return {"format_version": FORMAT_VERSION, "model": self.model.to_dict(), "dtype": self.dtype,
+                "quant": self.quant.to_dict(), "lora": self.lora, "runtime": self.runtime, "build": self.build}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
@@ -63,11 +64,11 @@ class EngineSpec:
 
 def build_engine(src: str | Path, out_dir: str | Path, dtype: str = "float32", quant: str = "none",
                  group_size: int = 128, lora: str | Path | None = None,
-                 runtime_overrides: dict[str, Any] | None = None) -> EngineSpec:
+                 runtime_overrides: dict[str, Any] | None = None, quantize_head: bool = True) -> EngineSpec:
     """Build an engine directory from a checkpoint; returns what was written to its config.json."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    quant_config = QuantConfig(quant, group_size)
+    quant_config = QuantConfig(quant, group_size, quantize_head)
     checkpoint = load_checkpoint(src)
     runtime = runtime_settings(checkpoint.config, runtime_overrides or {})
     state_dict, lora_info = merge_lora(checkpoint.state_dict, lora) if lora else (checkpoint.state_dict, None)
@@ -127,7 +128,11 @@ def read_spec(engine_dir: str | Path) -> EngineSpec:
     path = Path(engine_dir) / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"{engine_dir}: no {CONFIG_FILE} (not an engine directory)")
-    return EngineSpec.from_dict(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    if data.get("format_version", 1) != FORMAT_VERSION:
+        raise ValueError(f"{engine_dir} was built in engine format {data.get('format_version', 1)}; this version "
+                         f"reads format {FORMAT_VERSION}: rebuild it with `python -m inference build`")
+    return EngineSpec.from_dict(data)
 
 
 def load_engine(engine_dir: str | Path, device: str | torch.device = "cpu") -> tuple[EngineSpec, torch.nn.Module, Tokenizer]:

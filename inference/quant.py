@@ -5,8 +5,13 @@ Build time: `quantize_state_dict` turns selected linear weights into
   - int4: group-wise asymmetric (w = scale * q + min, q in 0..15, like GGUF Q4_1), two nibbles per byte:
     `weight` uint8 [out, in_padded / 2] + `scales`, `mins` float16 [out, in_padded / group_size].
     `in_padded` rounds in_features up to the group size (576 features with group 128 -> 640).
-Run time: `convert_for_runtime` swaps those nn.Linear modules for Int8Linear / Int4Linear, which
-dequantize to the activation dtype inside forward and keep the bias.
+The output head (also when it is tied to the embedding) is stored as int8 with one scale per 32 weights
+(GGUF's Q8_0 code) in both modes unless `quantize_head` is off: it is a fifth of SmolLM2's weights and
+every decode step reads all of it; SmolLM2's embedding is Q8_0 already, so this loses nothing there.
+Run time: `convert_for_runtime` swaps those nn.Linear modules for Int8Linear / Int4Linear. On a CPU with
+float32 activations they run the fused AVX2 kernel (inference/kernels), which decodes the weights inside
+the matmul; elsewhere they dequantize to the activation dtype and call F.linear. `use_cpu_kernels` gives
+float32 nn.Linear layers the same kernel.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference import kernels
+
 QUANT_MODES = ("none", "int8", "int4")
 GROUP_SIZES = (32, 64, 128)
-DEFAULT_SKIP = ("lm_head",)  # the output head decides every token: keep it in full precision
+HEAD = "lm_head"
+HEAD_GROUP_SIZE = 32
+DEFAULT_SKIP = (HEAD,)  # the head is not quantized with the mode's format (see quantize_head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +37,7 @@ class QuantConfig:
 
     mode: str = "none"
     group_size: int = 128  # int4 only
+    quantize_head: bool = True  # int8 output head in the int8 and int4 modes
 
     def __post_init__(self) -> None:
         if self.mode not in QUANT_MODES:
@@ -36,7 +46,7 @@ class QuantConfig:
             raise ValueError(f"group size must be one of {GROUP_SIZES}, got {self.group_size!r}")
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "group_size": self.group_size}
+        return {"mode": self.mode, "group_size": self.group_size, "quantize_head": self.quantize_head}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> QuantConfig:
@@ -44,16 +54,19 @@ class QuantConfig:
 
 
 # ---- int8 ---------------------------------------------------------------------------------------
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8: (q int8 [out, in], scales float32 [out]) with weight ~= q * scales[:, None]."""
+def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8: (q int8 [out, in], scales float32) with weight ~= q * scale; one scale per row
+    (scales [out]) or per group of `group_size` weights in a row (scales [out, in / group_size])."""
     weight = weight.float()
-    scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    q = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scales
+    groups = weight.reshape(weight.shape[0], -1, group_size or weight.shape[1])
+    scales = groups.abs().amax(dim=2).clamp(min=1e-8) / 127.0
+    q = torch.round(groups / scales[..., None]).clamp(-127, 127).to(torch.int8).reshape(weight.shape)
+    return q, scales.squeeze(1) if group_size is None else scales
 
 
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return q.to(dtype) * scales.to(dtype)[:, None]
+    groups = q.reshape(q.shape[0], scales.reshape(q.shape[0], -1).shape[1], -1)
+    return (groups.to(dtype) * scales.to(dtype).reshape(q.shape[0], -1, 1)).reshape(q.shape)
 
 
 # ---- int4 ---------------------------------------------------------------------------------------
@@ -71,17 +84,16 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Two 4-bit values per byte: even columns in the low nibble, odd columns in the high nibble."""
-    return q[:, 0::2] | (q[:, 1::2] << 4)
-
-
-NIBBLE_SHIFTS = torch.tensor([0, 4], dtype=torch.uint8)
+    """Two 4-bit values per byte, in blocks of 32 values (16 bytes): byte i of a block holds value i in its
+    low nibble and value i + 16 in its high nibble (GGUF's Q4 layout; the AVX2 kernel unpacks 8 at a time)."""
+    blocks = q.reshape(q.shape[0], -1, 2, 16)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(q.shape[0], -1)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """[out, n] bytes -> [out, 2n] values in 0..15 (inverse of pack_int4)."""
-    shifts = NIBBLE_SHIFTS.to(packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & 0x0F).reshape(packed.shape[0], -1)
+    blocks = packed.reshape(packed.shape[0], -1, 1, 16)
+    return torch.cat([blocks & 0x0F, blocks >> 4], dim=2).reshape(packed.shape[0], -1)
 
 
 def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, in_features: int,
@@ -95,16 +107,24 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tens
 
 # ---- runtime modules ----------------------------------------------------------------------------
 class Int8Linear(nn.Module):
-    """y = x @ W^T * scales (+ bias), with W stored as int8 and cast to x's dtype per call."""
+    """y = x @ (W * scales)^T (+ bias), W stored as int8 with a scale per row or per group of a row."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, device=None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int | None = None,
+                 device=None) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        scales_shape = (out_features,) if group_size is None else (out_features, in_features // group_size)
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("scales", torch.empty(scales_shape, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scales.dtype == torch.float32 and kernels.supports(x, self.in_features, self.out_features, "int8"):
+            return kernels.linear(x, "int8", self.weight, self.out_features, self.bias, self.scales,
+                                  group_size=self.group_size or 0)
+        if self.group_size is not None:
+            weight = dequantize_int8(self.weight, self.scales, x.dtype)
+            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
         y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -123,8 +143,45 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scales.dtype == torch.float32 and kernels.supports(x, self.in_features, self.out_features, "int4"):
+            return kernels.linear(x, "int4", self.weight, self.out_features, self.bias, self.scales, self.mins,
+                                  self.group_size)
         weight = dequantize_int4(self.weight, self.scales, self.mins, self.in_features, x.dtype)
         return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+
+class KernelLinear(nn.Linear):
+    """nn.Linear whose float32 CPU forward runs the fused kernel (faster than MKL for the few rows of a
+    decode step, and for a wide output head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.float32 and kernels.supports(x, self.in_features, self.out_features, "float32"):
+            return kernels.linear(x, "float32", self.weight, self.out_features, self.bias)
+        return super().forward(x)
+
+
+def use_cpu_kernels(model: nn.Module) -> nn.Module:
+    """Give every float32 nn.Linear (and a head tied to the embedding) the fused kernel, sharing weights."""
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Linear:
+            _replace(model, name, _kernel_linear(module.weight, module.bias))
+    if getattr(model, HEAD, False) is None:  # tied: the head is the embedding matrix
+        setattr(model, HEAD, _kernel_linear(model.model.embed_tokens.weight, None))
+    return model
+
+
+def _kernel_linear(weight: nn.Parameter, bias: nn.Parameter | None) -> KernelLinear:
+    with torch.device("meta"):
+        linear = KernelLinear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    linear.weight = weight
+    if bias is not None:
+        linear.bias = bias
+    return linear
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 # ---- the two phases -----------------------------------------------------------------------------
@@ -134,12 +191,23 @@ def linear_names(model: nn.Module, skip: tuple[str, ...] = DEFAULT_SKIP) -> list
             if isinstance(module, nn.Linear) and not name.endswith(skip)]
 
 
+def head_group_size(in_features: int) -> int | None:
+    """Q8_0-style groups for the head, or one scale per row when the width is not a multiple of them."""
+    return HEAD_GROUP_SIZE if in_features % HEAD_GROUP_SIZE == 0 else None
+
+
 def quantize_state_dict(state_dict: dict[str, torch.Tensor], config: QuantConfig,
                         names: list[str]) -> dict[str, torch.Tensor]:
-    """A copy of `state_dict` with `{name}.weight` of each module in `names` quantized (biases kept)."""
+    """A copy of `state_dict` with `{name}.weight` of each module in `names` quantized (biases kept), plus
+    an int8 `lm_head` (made from the embedding when the head is tied) if `config.quantize_head`."""
     if config.mode == "none":
         return dict(state_dict)
     quantized = dict(state_dict)
+    if config.quantize_head:
+        head = quantized.pop(f"{HEAD}.weight", state_dict.get("model.embed_tokens.weight"))
+        if head is not None:  # (a state dict of single layers has neither)
+            quantized[f"{HEAD}.weight"], quantized[f"{HEAD}.scales"] = quantize_int8(
+                head, head_group_size(head.shape[1]))
     for name in names:
         weight = quantized.pop(f"{name}.weight")
         if config.mode == "int8":
@@ -159,16 +227,16 @@ def convert_for_runtime(model: nn.Module, config: QuantConfig, names: list[str])
     """Swap the named nn.Linear modules for quantized ones (in place, on the weight's device; meta is fine)."""
     if config.mode == "none":
         return model
+    device = next(model.parameters()).device
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, _quantized_like(getattr(parent, child), config))
+        if name == HEAD:  # int8 in every mode; a tied model has no head module yet
+            hidden = model.config.hidden_size
+            head = Int8Linear(hidden, model.config.vocab_size, bias=False, group_size=head_group_size(hidden),
+                              device=device)
+            _replace(model, name, head)
+            continue
+        linear = model.get_submodule(name)
+        args = (linear.in_features, linear.out_features, linear.bias is not None)
+        _replace(model, name, Int8Linear(*args, device=device) if config.mode == "int8"
+                 else Int4Linear(*args, group_size=config.group_size, device=device))
     return model
-
-
-def _quantized_like(linear: nn.Linear, config: QuantConfig) -> nn.Module:
-    args = (linear.in_features, linear.out_features, linear.bias is not None)
-    device = linear.weight.device
-    if config.mode == "int8":
-        return Int8Linear(*args, device=device)
-    return Int4Linear(*args, group_size=config.group_size, device=device)

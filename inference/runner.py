@@ -14,7 +14,9 @@ import torch
 
 from inference.attention import (AttentionMetadata, allocate_kv_caches, build_attention_metadata,
                                  kv_bytes_per_block)
+from inference import kernels
 from inference.config import EngineConfig, ModelConfig
+from inference.quant import use_cpu_kernels
 from inference.sampling import SamplingRow, TokenLogprob, make_generator, sample
 from inference.scheduler import ScheduledChunk
 from inference.sequence import Sequence
@@ -72,6 +74,8 @@ class ModelRunner:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.device.type == "cpu" and self.dtype == torch.float32 and kernels.enabled():
+            use_cpu_kernels(self.model)
         self.kv_caches = allocate_kv_caches(model_config.num_hidden_layers, num_blocks, self.block_size,
                                             model_config.num_key_value_heads, model_config.head_dim,
                                             self.dtype, self.device)

@@ -8,6 +8,7 @@ packages=(
     iproute2 iptables               # lab bridge and its FORWARD rules
     openssh-client rsync curl ca-certificates
     python3 python3-venv python3-pip git make tar xz-utils
+    gcc libc6-dev                   # the engine's fused CPU kernels (inference/kernels), built on first use
 )
 
 missing=()

@@ -36,7 +36,7 @@ def test_engine_config_records_model_quant_runtime_and_source(tmp_path, tiny_hf_
     build_engine(tiny_hf_dir, tmp_path, dtype="bfloat16", quant="int4", group_size=32,
                  runtime_overrides={"max_num_seqs": 4, "kv_block_size": 8, "kv_cache_bytes": 1 << 20})
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["dtype"] == "bfloat16" and config["quant"] == {"mode": "int4", "group_size": 32}
+    assert config["dtype"] == "bfloat16" and config["quant"] == {"mode": "int4", "group_size": 32, "quantize_head": True}
     assert config["lora"] is None and config["model"]["hidden_size"] == 64
     assert config["runtime"] == {"max_num_seqs": 4, "max_num_batched_tokens": 512, "kv_block_size": 8,
                                  "kv_cache_memory_fraction": 0.1, "kv_cache_bytes": 1 << 20, "max_model_len": 256}
@@ -50,8 +50,16 @@ def test_quantized_engine_round_trip_keeps_quantized_modules(tmp_path, tiny_hf_d
     build_engine(tiny_hf_dir, tmp_path, quant=quant, group_size=32)
     _, model, _ = load_engine(tmp_path)
     assert isinstance(model.model.layers[0].self_attn.qkv_proj, module_type)
-    assert isinstance(model.lm_head, torch.nn.Linear)  # the output head stays in full precision
+    assert isinstance(model.lm_head, Int8Linear) and model.lm_head.group_size == 32  # the head: int8 (Q8_0 code)
     expected = logits_of(quantized_model(load_checkpoint(tiny_hf_dir), QuantConfig(quant, 32)), IDS)
+    torch.testing.assert_close(logits_of(model, IDS), expected, rtol=0, atol=0)
+
+
+def test_full_precision_head_leaves_the_head_unquantized(tmp_path, tiny_hf_dir):
+    build_engine(tiny_hf_dir, tmp_path, quant="int8", quantize_head=False)
+    _, model, _ = load_engine(tmp_path)
+    assert type(model.lm_head) is torch.nn.Linear and isinstance(model.model.layers[0].mlp.down_proj, Int8Linear)
+    expected = logits_of(quantized_model(load_checkpoint(tiny_hf_dir), QuantConfig("int8", quantize_head=False)), IDS)
     torch.testing.assert_close(logits_of(model, IDS), expected, rtol=0, atol=0)
 
 
@@ -73,8 +81,9 @@ def test_smollm2_gguf_int8_engine_builds_and_loads(tmp_path, smollm2_gguf, smoll
     build_engine(smollm2_gguf, tmp_path, quant="int8")
     spec, model, tokenizer = load_engine(tmp_path)
     assert spec.build["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    # 106M int8 layer weights + the 113 MB float32 embedding, vs 538 MB for all-float32
-    assert (tmp_path / "model.safetensors").stat().st_size < 230e6
+    # 106M int8 layer weights + the 113 MB float32 embedding + its 28M int8 copy as the head (+ 3.5 MB of
+    # group scales), vs 538 MB for all-float32
+    assert (tmp_path / "model.safetensors").stat().st_size < 260e6
     assert tokenizer.encode("Hello 🤖") == smollm2_checkpoint.tokenizer.encode("Hello 🤖")
 
 

@@ -38,7 +38,8 @@ def test_int4_packs_two_nibbles_per_byte():
     packed = pack_int4(q)
     assert packed.shape == (5, 32) and packed.dtype == torch.uint8
     assert torch.equal(unpack_int4(packed), q)
-    assert int(packed[0, 0]) == int(q[0, 0]) | int(q[0, 1]) << 4
+    assert int(packed[0, 0]) == int(q[0, 0]) | int(q[0, 16]) << 4  # block-32 layout: value i with i + 16
+    assert int(packed[0, 16]) == int(q[0, 32]) | int(q[0, 48]) << 4
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])

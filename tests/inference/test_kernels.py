@@ -1,0 +1,115 @@
+"""The fused AVX2 linear kernel (inference/kernels) against PyTorch on the same decoded weights: every
+weight format, row counts on both sides of the kernel's internal switches (1-2 rows in registers, tiles of
+3, panels of 48), bias or not; the modules' fallback for shapes the kernel does not take; whole-model
+logits with the kernels swapped in. Speed is measured by inference/benchmarks/quant_linear.py, not here."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from weights_helpers import logits_of, quantized_model, save_tiny_hf
+
+from inference import kernels
+from inference.loaders import load_checkpoint
+from inference.quant import (Int4Linear, Int8Linear, KernelLinear, QuantConfig, dequantize_int4,
+                             dequantize_int8, quantize_int4, quantize_int8, use_cpu_kernels)
+
+ROW_COUNTS = [1, 2, 3, 4, 5, 7, 16, 50, 97]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def require_kernels():
+    try:
+        kernels.library()
+    except kernels.KernelUnavailable as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs the fused CPU kernels: {error}")
+        pytest.skip(f"fused CPU kernels unavailable: {error}")
+
+
+def _decoded(fmt: str, weight: torch.Tensor, group_size: int | None):
+    """(kernel arguments, the float32 weight they decode to)."""
+    if fmt == "float32":
+        return {}, weight, weight
+    if fmt == "int8":
+        q, scales = quantize_int8(weight, group_size)
+        return {"scales": scales, "group_size": group_size or 0}, q, dequantize_int8(q, scales, torch.float32)
+    packed, scales, mins = quantize_int4(weight, group_size)
+    args = {"scales": scales.float(), "mins": mins.float(), "group_size": group_size}
+    return args, packed, dequantize_int4(packed, scales, mins, weight.shape[1], torch.float32)
+
+
+@pytest.mark.parametrize(("fmt", "group_size"), [("float32", None), ("int8", None), ("int8", 32),
+                                                 ("int4", 32), ("int4", 64), ("int4", 128)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias):
+    torch.manual_seed(0)
+    out_features, in_features = 36, 576  # 576 = 4.5 groups of 128: the int4 rows are padded
+    weight = torch.randn(out_features, in_features) * 0.05
+    b = torch.randn(out_features) if bias else None
+    args, stored, decoded = _decoded(fmt, weight, group_size)
+    for rows in ROW_COUNTS:
+        x = torch.randn(rows, in_features)
+        got = kernels.linear(x, fmt, stored, out_features, b, **args)
+        torch.testing.assert_close(got, F.linear(x, decoded, b), rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
+
+
+def test_kernel_keeps_leading_dimensions_and_takes_strided_input():
+    weight = torch.randn(8, 64)
+    x = torch.randn(64, 3, 2).transpose(0, 2)  # [2, 3, 64], not contiguous
+    torch.testing.assert_close(kernels.linear(x, "float32", weight, 8), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert kernels.linear(torch.empty(0, 64), "float32", weight, 8).shape == (0, 8)
+
+
+def test_supports_only_shapes_and_inputs_the_kernel_takes():
+    x = torch.randn(1, 64)
+    assert kernels.supports(x, 64, 8, "int4")
+    assert not kernels.supports(x, 64, 6, "int8")  # out_features not a multiple of 4 rows
+    assert not kernels.supports(torch.randn(1, 40), 40, 8, "int4")  # in_features not a multiple of 32
+    assert not kernels.supports(x.bfloat16(), 64, 8, "float32")
+
+
+@pytest.mark.parametrize("module_type", [Int8Linear, Int4Linear, KernelLinear])
+def test_modules_fall_back_to_pytorch_for_shapes_the_kernel_does_not_take(module_type):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 6)  # 6 outputs: not a multiple of the kernel's 4-row blocks
+    if module_type is KernelLinear:
+        module, reference = KernelLinear(64, 6), linear.weight
+        module.load_state_dict(linear.state_dict())
+    elif module_type is Int8Linear:
+        module = Int8Linear(64, 6, bias=True)
+        q, scales = quantize_int8(linear.weight)
+        module.load_state_dict({"weight": q, "scales": scales, "bias": linear.bias})
+        reference = dequantize_int8(q, scales, torch.float32)
+    else:
+        module = Int4Linear(64, 6, bias=True, group_size=32)
+        packed, scales, mins = quantize_int4(linear.weight, 32)
+        module.load_state_dict({"weight": packed, "scales": scales, "mins": mins, "bias": linear.bias})
+        reference = dequantize_int4(packed, scales, mins, 64, torch.float32)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(module(x), F.linear(x, reference, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_model_logits_are_unchanged_by_the_kernels(tmp_path):
+    """A tied model with kernel-friendly shapes: every linear and the tied head go through the kernel."""
+    checkpoint = load_checkpoint(save_tiny_hf(tmp_path, vocab_size=260, tie_word_embeddings=True))
+    model = quantized_model(checkpoint, QuantConfig("none"))
+    ids = [1, 17, 200, 42, 99, 256, 3, 8]
+    reference = logits_of(model, ids)
+    use_cpu_kernels(model)
+    assert all(type(module) is not nn.Linear for module in model.modules())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    torch.testing.assert_close(logits_of(model, ids), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_can_be_switched_off():
+    code = "from inference import kernels; print(kernels.enabled())"
+    env = {**os.environ, "OPSLAB_CPU_KERNELS": "0"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
