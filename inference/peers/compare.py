@@ -1,0 +1,284 @@
+"""`python -m inference.peers.compare`: issue 7's benchmark, our server against its peers on the same prompts.
+
+Servers (started ONE at a time, each for the whole concurrency sweep, with the same thread count):
+  opslab            python -m inference.server over an engine dir (max_num_seqs = the highest concurrency)
+  llama-server      llama.cpp's native server, --parallel <highest concurrency> -cb
+  llama-cpp-python  llama-cpp-python's OpenAI server (one request at a time)
+  hf                inference.peers.hf_server, transformers generate, one request at a time
+Each server gets the bench's closed-loop sweep (`inference.bench.runner`): unique seeded prompts, fixed
+output length with ignore_eos, warm-up excluded, every level bounded by prompt count and wall time.
+The offline engine (`LLM.generate` on the same prompts in batches of N) gives the server-overhead baseline.
+Writes JSON + plots and prints ours ÷ peer ratios. Peers that are not built are skipped loudly (recorded
+in the JSON), or fail the run with --require-peers or CI=true.
+"""
+
+import asyncio
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from inference.bench.client import Endpoint, RequestOptions
+from inference.bench.dataset import BenchPrompt, prompt_stream
+from inference.bench.plots import write_plots
+from inference.bench.report import print_tables, run_record, summary_table
+from inference.bench.runner import Load, benchmark_endpoint
+from inference.peers.report import compute_ratios, plot_comparison, ratio_table
+from inference.peers.servers import (PeerError, free_port, hf_baseline_server, llama_cpp_python,
+                                     llama_cpp_python_server, llama_server, llama_server_binary, opslab_server)
+
+SERVERS = ("opslab", "llama-server", "llama-cpp-python", "hf")
+console = Console(stderr=True)
+
+
+class CompareError(click.ClickException):
+    """Bad input or a required peer missing: one `Error: ...` line, exit status 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: servers, sweep, request shape, and the model files."""
+
+    servers: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    num_prompts: int | None  # per level; None: 4 × concurrency, at least 8
+    input_len: int
+    output_len: int
+    threads: int
+    max_duration_s: float
+    warmup: int
+    seed: int
+    request_timeout_s: float
+    engine_dir: Path | None
+    gguf: Path | None
+    hf_model: Path | None
+    offline: bool
+    log_dir: Path
+
+    def loads(self) -> list[Load]:
+        return [Load(concurrency=c, num_prompts=self.num_prompts or max(8, 4 * c), max_duration_s=self.max_duration_s,
+                     seed=self.seed) for c in self.concurrency]
+
+    def prompts(self):
+        """The prompt stream every server (and the offline engine) consumes: warm-up first, then each level."""
+        return prompt_stream(self.input_len, self.output_len, self.seed)
+
+    @property
+    def ctx_per_slot(self) -> int:
+        """Context per llama.cpp slot: room for the prompt (words may split into several tokens) and the output."""
+        return max(512, 2 * self.input_len + self.output_len + 64)
+
+    def as_json(self) -> dict:
+        return {key: str(value) if isinstance(value, Path) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
+LAUNCHERS: dict[str, Callable] = {
+    "opslab": lambda plan, port: opslab_server(plan.engine_dir, port, plan.threads, max(plan.concurrency),
+                                               log_dir=plan.log_dir),
+    "llama-server": lambda plan, port: llama_server(plan.gguf, port, plan.threads, max(plan.concurrency),
+                                                    plan.ctx_per_slot, log_dir=plan.log_dir),
+    "llama-cpp-python": lambda plan, port: llama_cpp_python_server(plan.gguf, port, plan.threads, plan.ctx_per_slot,
+                                                                   log_dir=plan.log_dir),
+    "hf": lambda plan, port: hf_baseline_server(plan.hf_model, port, plan.threads, log_dir=plan.log_dir),
+}
+PEER_CHECKS: dict[str, Callable] = {"llama-server": llama_server_binary, "llama-cpp-python": llama_cpp_python}
+
+
+def missing_peers(servers: tuple[str, ...]) -> dict[str, str]:
+    """{peer: why it cannot run} for the requested peers that are not built."""
+    missing = {}
+    for name in servers:
+        try:
+            PEER_CHECKS.get(name, lambda: None)()
+        except PeerError as error:
+            missing[name] = str(error)
+    return missing
+
+
+def with_output_lengths(record: dict, output_len: int) -> dict:
+    """Add the mean output length the server really produced (a server may ignore ignore_eos)."""
+    metrics = record["metrics"]
+    mean = metrics["total_output_tokens"] / metrics["completed"] if metrics["completed"] else None
+    return {**record, "mean_output_tokens": mean, "honoured_ignore_eos": None if mean is None else mean == output_len}
+
+
+def run_server(name: str, plan: Plan) -> list[dict]:
+    """Start one server, run the whole sweep against it, stop it; one record per level."""
+    console.print(f"[bold]{name}[/]: starting")
+    options = RequestOptions(temperature=0.0, ignore_eos=True, timeout_s=plan.request_timeout_s)
+    with LAUNCHERS[name](plan, free_port()) as url:
+        console.print(f"[bold]{name}[/]: ready at {url}; sweeping concurrency {','.join(map(str, plan.concurrency))}")
+        outcomes = asyncio.run(benchmark_endpoint(Endpoint(name, url), plan.prompts(), plan.loads(), options,
+                                                  plan.warmup))
+    records = [with_output_lengths(run_record(outcome, url), plan.output_len) for outcome in outcomes]
+    for record in records:
+        if record["honoured_ignore_eos"] is False:
+            console.print(f"[yellow]{name} {record['label']}: ignored ignore_eos; mean output "
+                          f"{record['mean_output_tokens']:.1f} tokens, not {plan.output_len}[/]")
+    return records
+
+
+def offline_level(llm, params, prompts: list[BenchPrompt], load: Load) -> dict:
+    """`LLM.generate` over `prompts` in batches of `load.concurrency`, bounded by the level's wall time."""
+    start = time.perf_counter()
+    completed = tokens = 0
+    for first in range(0, len(prompts), load.concurrency):
+        if time.perf_counter() - start >= load.max_duration_s:
+            break
+        batch = [prompt.text for prompt in prompts[first:first + load.concurrency]]
+        tokens += sum(len(output.token_ids) for output in llm.generate(batch, params))
+        completed += len(batch)
+    duration = time.perf_counter() - start
+    return {"label": load.label, "concurrency": load.concurrency, "completed": completed,
+            "total_output_tokens": tokens, "duration": duration, "output_throughput": tokens / duration}
+
+
+def run_offline(plan: Plan) -> list[dict]:
+    """The offline engine on the same prompts the servers get (warm-up excluded)."""
+    from inference.config import SamplingParams
+    from inference.engine import LLM
+
+    console.print("[bold]offline engine[/]: LLM.generate in batches of each concurrency")
+    try:
+        llm = LLM(plan.engine_dir, num_threads=plan.threads, max_num_seqs=max(plan.concurrency))
+    except (ValueError, OSError) as error:
+        raise CompareError(f"cannot load the engine {plan.engine_dir}: {error}") from None
+    params = SamplingParams(temperature=0.0, max_tokens=plan.output_len, ignore_eos=True)
+    prompts = plan.prompts()
+    warmup = [prompt.text for prompt in islice(prompts, plan.warmup)]
+    if warmup:
+        llm.generate(warmup, params)
+    return [offline_level(llm, params, list(islice(prompts, load.num_prompts)), load) for load in plan.loads()]
+
+
+def announce_skipped(skipped: dict[str, str]) -> None:
+    for name, reason in skipped.items():
+        console.print(f"[bold red]SKIPPED {name}[/]: {reason}")
+
+
+def run_servers(plan: Plan, require_peers: bool, skipped: dict[str, str]) -> list[dict]:
+    """Every requested server that is available, one after the other; failures to start are fatal only if required."""
+    runs = []
+    for name in plan.servers:
+        if name in skipped:
+            continue
+        try:
+            runs += run_server(name, plan)
+        except PeerError as error:
+            if require_peers or name == "opslab":
+                raise CompareError(f"{name} did not run: {error}") from None
+            skipped[name] = f"failed to start: {error}"
+            announce_skipped({name: skipped[name]})
+    return runs
+
+
+def run_comparison(plan: Plan, require_peers: bool) -> dict:
+    """Offline baseline, then each server in turn; the JSON document with ratios."""
+    skipped = missing_peers(plan.servers)
+    if skipped and require_peers:
+        raise CompareError("peers not built: " + "; ".join(skipped.values()))
+    announce_skipped(skipped)
+    offline = run_offline(plan) if plan.offline and "opslab" in plan.servers else []
+    runs = run_servers(plan, require_peers, skipped)
+    document = {"created": time.time(), "config": plan.as_json(), "skipped": skipped, "runs": runs,
+                "offline": offline}
+    document.update(compute_ratios(runs, offline))
+    return document
+
+
+def write_results(document: dict, output: Path) -> list[Path]:
+    """The JSON document, the comparison plot, and the bench's detailed throughput/latency plots."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    plots = [plot_comparison(document, output.with_name(f"{output.stem}-vs-concurrency.png"))]
+    return [output, *plots, *write_plots(document["runs"], output.parent, output.stem)]
+
+
+def default_gguf() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF, fetched into the opslab cache if missing."""
+    from inference.models import SMOLLM2, FetchError, fetch_model
+
+    try:
+        return fetch_model(SMOLLM2)
+    except (FetchError, OSError) as error:
+        raise CompareError(f"cannot fetch the SmolLM2 model ({error}); pass --gguf") from None
+
+
+def default_engine(gguf: Path, quant: str) -> Path:
+    """An engine built from `gguf` into the opslab cache (built once)."""
+    from inference.build import build_engine
+    from inference.models import cache_dir
+
+    engine_dir = cache_dir().parent / "engines" / f"{gguf.stem}-{quant}"
+    if not (engine_dir / "config.json").is_file():
+        console.print(f"building engine {engine_dir} from {gguf} (quant {quant})")
+        build_engine(gguf, engine_dir, quant=quant)
+    return engine_dir
+
+
+def parse_list(text: str, option: str, choices: tuple[str, ...] | None = None) -> tuple:
+    """Comma list → tuple of names (checked against `choices`) or of positive ints."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if choices is not None:
+        unknown = [item for item in items if item not in choices]
+        if unknown or not items:
+            raise CompareError(f"bad {option} {text!r}; choose from {','.join(choices)}")
+        return items
+    if not items or not all(item.isdigit() and int(item) > 0 for item in items):
+        raise CompareError(f"bad {option} {text!r}; give positive integers separated by commas")
+    return tuple(int(item) for item in items)
+
+
+@click.command("compare")
+@click.option("--servers", default=",".join(SERVERS), show_default=True, help="Servers to run, in this order.")
+@click.option("--concurrency", default="1,2,4,8,16,32", show_default=True, help="Concurrency sweep.")
+@click.option("--num-prompts", type=click.IntRange(min=1), help="Requests per level [default: 4 × concurrency, min 8].")
+@click.option("--input-len", type=click.IntRange(min=1), default=64, show_default=True, help="Prompt tokens (approx).")
+@click.option("--output-len", type=click.IntRange(min=1), default=128, show_default=True, help="Tokens per request.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Threads of every server.")
+@click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=180.0, show_default=True,
+              help="Seconds per level after which no new request starts.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Unmeasured requests first.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=900.0, show_default=True)
+@click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Our engine dir [default: built from the GGUF into the opslab cache].")
+@click.option("--quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+              help="Quantization of the default engine build.")
+@click.option("--gguf", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="GGUF for the llama.cpp peers [default: the fetched SmolLM2-135M-Instruct Q4_1].")
+@click.option("--hf-model", type=click.Path(exists=True, path_type=Path), help="HF dir or GGUF [default: --gguf].")
+@click.option("--offline/--no-offline", default=True, show_default=True, help="Also measure LLM.generate.")
+@click.option("--require-peers", is_flag=True, help="Fail when a peer is not built (always on when CI=true).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("results/peers/compare.json"),
+              show_default=True, help="JSON file; plots are written next to it.")
+def main(servers, concurrency, num_prompts, input_len, output_len, threads, max_duration, warmup, seed,
+         request_timeout, engine_dir, quant, gguf, hf_model, offline, require_peers, output):
+    """Our server vs llama-server, llama-cpp-python and an HF baseline: throughput, TTFT, ratios."""
+    servers = parse_list(servers, "--servers", SERVERS)
+    levels = parse_list(concurrency, "--concurrency")
+    build_engine = "opslab" in servers and engine_dir is None
+    llama_peers = {"llama-server", "llama-cpp-python"} & set(servers)
+    needs_gguf = build_engine or ("hf" in servers and hf_model is None) or llama_peers
+    gguf = gguf or (default_gguf() if needs_gguf else None)
+    plan = Plan(servers, levels, num_prompts, input_len, output_len, threads, max_duration, warmup, seed,
+                request_timeout, default_engine(gguf, quant) if build_engine else engine_dir, gguf, hf_model or gguf,
+                offline, output.parent / f"{output.stem}-logs")
+    document = run_comparison(plan, require_peers or os.environ.get("CI") == "true")
+    print_tables([summary_table(document["runs"]), ratio_table(document)])
+    for path in write_results(document, output):
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
