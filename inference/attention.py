@@ -7,7 +7,8 @@ queries attend to every key of their sequence, gathered through the sequence's b
 
 Sequences are grouped so that each group is ONE padded `scaled_dot_product_attention` call: all decodes
 (1 query each) together, all prefill chunks together. Padding queries repeat the last real query and are
-dropped afterwards; padding keys are masked out.
+dropped afterwards; padding keys are masked out. On a CPU with float32 caches the decode group instead
+runs the fused kernel (inference/kernels), which reads keys and values in place through the block tables.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from inference import kernels
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each [num_blocks, block_size, kv_heads, head_dim]
 
@@ -28,7 +31,9 @@ class AttentionGroup:
     flat_index: torch.Tensor  # [n] flat-token index of those rows
     block_tables: torch.Tensor  # [G, num_blocks] cache blocks of each sequence (padding: block 0)
     mask: torch.Tensor  # [G, 1, Q, K] True where the query may attend to the key
+    context_lens: torch.Tensor  # [G] keys of each sequence, the new tokens included
     num_keys: int  # K: the longest context in the group
+    is_decode: bool  # one query per sequence
 
 
 @dataclass(slots=True)
@@ -71,13 +76,15 @@ def _build_group(starts: list[int], query_lens: list[int], context_lens: list[in
         table[row, :len(blocks[:num_blocks])] = torch.tensor(blocks[:num_blocks], dtype=torch.long)
     return AttentionGroup(token_index=token_index, output_index=output_index,
                           flat_index=token_index.flatten()[output_index], block_tables=table,
-                          mask=mask.unsqueeze(1), num_keys=num_keys)
+                          mask=mask.unsqueeze(1), context_lens=ctx_len, num_keys=num_keys,
+                          is_decode=num_queries == 1)
 
 
 def _group_to(group: AttentionGroup, device: torch.device | str) -> AttentionGroup:
     return AttentionGroup(token_index=group.token_index.to(device), output_index=group.output_index.to(device),
                           flat_index=group.flat_index.to(device), block_tables=group.block_tables.to(device),
-                          mask=group.mask.to(device), num_keys=group.num_keys)
+                          mask=group.mask.to(device), context_lens=group.context_lens.to(device),
+                          num_keys=group.num_keys, is_decode=group.is_decode)
 
 
 def dense_metadata(seq_lens: list[int], device: torch.device | str = "cpu") -> AttentionMetadata:
@@ -94,9 +101,13 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
     """
     if kv_cache is not None:
         write_kv_cache(kv_cache, k, v, meta.slot_mapping)
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     gqa = q.shape[1] != k.shape[1]
     for group in meta.groups:
+        if group.is_decode and kv_cache is not None and kernels.supports_attention(q, kv_cache[0]):
+            kernels.paged_decode_attention(q, group.flat_index, kv_cache, group.block_tables, group.context_lens,
+                                           group.num_keys, out)
+            continue
         keys, values = _group_keys(group, k, v, kv_cache)  # [G, kv_heads, K, head_dim]
         queries = q[group.token_index].transpose(1, 2)  # [G, heads, Q, head_dim]
         attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=group.mask, enable_gqa=gqa)

@@ -78,6 +78,19 @@ def build_engine(src: str | Path, out_dir: str | Path, dtype: str = "float32", q
     return spec
 
 
+def cached_engine(source: str | Path, quant: str = "none", group_size: int = 32, dtype: str = "float32") -> Path:
+    """An engine built from `source` into ${OPSLAB_CACHE:-/var/cache/opslab}/engines, once per source, settings
+    and engine format (benchmarks and peer comparisons share it)."""
+    from inference.models import cache_dir
+
+    source = Path(source)
+    name = f"{source.stem}-{dtype}-{quant}" + (f"-g{group_size}" if quant == "int4" else "")
+    engine_dir = cache_dir().parent / "engines" / f"{name}-format{FORMAT_VERSION}"
+    if not (engine_dir / CONFIG_FILE).is_file():
+        build_engine(source, engine_dir, dtype=dtype, quant=quant, group_size=group_size)
+    return engine_dir
+
+
 def runtime_settings(model_config: ModelConfig, overrides: dict[str, Any]) -> dict[str, Any]:
     """Validated runtime memory parameters (EngineConfig defaults + overrides), max_model_len resolved."""
     config = EngineConfig().replace(**{k: v for k, v in overrides.items() if k in RUNTIME_KEYS})

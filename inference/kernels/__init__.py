@@ -1,10 +1,10 @@
-"""Fused CPU matmul kernels for the linear layers (linear_avx2.c), compiled with the system C compiler on
-first use and loaded with ctypes.
-
-PyTorch's own weight-only kernels are not vectorised for AVX2 CPUs (see inference/README.md), and
-dequantize-then-F.linear reads the weights twice. `linear()` decodes float32 / int8 / int4 weights inside
-one AVX2 matmul, parallel over output rows with the same OpenMP runtime torch uses (libgomp is loaded by
-torch first, so both share one thread pool).
+"""Fused CPU kernels, compiled with the system C compiler on first use and loaded with ctypes:
+- `linear()` (linear_avx2.c): decodes float32 / int8 / int4 weights inside one AVX2 matmul. PyTorch's own
+  weight-only kernels are not vectorised for AVX2 CPUs, and dequantize-then-F.linear reads the weights twice;
+- `paged_decode_attention()` (attention_avx2.c): one query per sequence against its keys and values read in
+  place through the block table, where the PyTorch path first gathers a dense copy of them per layer.
+Both parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
+thread pool).
 
 The shared library is cached by a hash of the source, the flags and the compiler in $OPSLAB_KERNEL_CACHE
 (default ~/.cache/opslab/kernels). OPSLAB_CPU_KERNELS=0 turns the kernels off (the benchmarks use that to
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("linear_avx2.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("linear_avx2.c", "attention_avx2.c"))
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-Wall")
+LIBS = ("-lm",)
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 FORMATS = {"float32": 0, "int8": 1, "int4": 2}
 ROWS = 4  # output rows per block in the kernel: out_features must be a multiple
@@ -61,10 +62,13 @@ def library() -> ctypes.CDLL:
     if missing:
         raise KernelUnavailable(f"the CPU lacks {', '.join(missing)}")
     lib = ctypes.CDLL(str(_compiled()))
+    pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.opslab_linear.restype = ctypes.c_int
-    lib.opslab_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                                  ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.opslab_linear.argtypes = [pointer, i64, i64, i64, ctypes.c_int, pointer, i64, pointer, pointer, i64, i64,
+                                  pointer, pointer]
+    lib.opslab_paged_decode_attention.restype = ctypes.c_int
+    lib.opslab_paged_decode_attention.argtypes = [pointer, i64, pointer, i64, i64, i64, i64, pointer, pointer, i64,
+                                                  pointer, i64, pointer, i64, ctypes.c_float, pointer, i64]
     return lib
 
 
@@ -80,21 +84,24 @@ def _cpu_flags() -> set[str]:
 
 
 def _compiled() -> Path:
-    """Compile linear_avx2.c unless a library for this source, these flags and this compiler is cached."""
+    """Compile the sources unless a library for them, these flags and this compiler is cached."""
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise KernelUnavailable(f"no C compiler ({compiler!r} is not on PATH; `make install` installs gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = cache_dir() / f"linear_avx2-{key}.so"
+    digest = hashlib.sha256(" ".join(CFLAGS + LIBS).encode() + version.encode())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    target = cache_dir() / f"opslab_kernels-{digest.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), *map(str, SOURCES), *LIBS],
+                                capture_output=True, text=True)
         if result.returncode != 0:
-            raise KernelUnavailable(f"compiling {SOURCE.name} failed: {result.stderr.strip()[-500:]}")
+            raise KernelUnavailable(f"compiling the kernels failed: {result.stderr.strip()[-500:]}")
         os.replace(built, target)  # atomic: concurrent first uses each build, one wins
     log.info("compiled %s", target)
     return target
@@ -126,6 +133,34 @@ def linear(x: torch.Tensor, fmt: str, weight: torch.Tensor, out_features: int, b
         if status != 0:
             raise MemoryError("fused linear kernel: scratch allocation failed")
     return out.reshape(*x.shape[:-1], out_features)
+
+
+MAX_GROUP = 8  # query heads per kv head the attention kernel takes
+
+
+def supports_attention(q: torch.Tensor, key_cache: torch.Tensor) -> bool:
+    """Whether `paged_decode_attention` can take these queries and this cache."""
+    heads, kv_heads, head_dim = q.shape[1], key_cache.shape[2], key_cache.shape[3]
+    return (q.device.type == "cpu" and q.dtype == key_cache.dtype == torch.float32 and head_dim % 8 == 0
+            and heads % kv_heads == 0 and heads // kv_heads <= MAX_GROUP and q.stride(2) == 1
+            and q.stride(1) == head_dim and key_cache.is_contiguous() and enabled())
+
+
+def paged_decode_attention(q: torch.Tensor, rows: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, max_context: int,
+                           out: torch.Tensor) -> None:
+    """out[rows[b]] = attention of q[rows[b]] ([heads, head_dim], one decode token of sequence b) over that
+    sequence's first context_lens[b] cached keys/values; q, out: [T, heads, head_dim]; block_tables and
+    context_lens int64 [B, max_blocks] and [B]."""
+    key_cache, value_cache = kv_cache
+    _, block_size, kv_heads, head_dim = key_cache.shape
+    tables = block_tables.contiguous()
+    status = library().opslab_paged_decode_attention(
+        q.data_ptr(), q.stride(0), rows.data_ptr(), rows.numel(), q.shape[1], kv_heads, head_dim,
+        key_cache.data_ptr(), value_cache.data_ptr(), block_size, tables.data_ptr(), tables.stride(0),
+        context_lens.data_ptr(), max_context, head_dim ** -0.5, out.data_ptr(), out.stride(0))
+    if status != 0:
+        raise MemoryError("paged decode attention kernel: scratch allocation failed")
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:

@@ -66,6 +66,12 @@ def load_gguf(path: Path) -> Checkpoint:
     return Checkpoint(config, state_dict, Tokenizer.from_gguf_metadata(metadata), path)
 
 
+def read_config(path: Path) -> ModelConfig:
+    """A GGUF file's model config from its metadata alone (no tensor data is read)."""
+    reader = GGUFReader(path)
+    return ModelConfig.from_dict(config_dict(read_metadata(reader), {t.name for t in reader.tensors}))
+
+
 def read_metadata(reader: GGUFReader) -> dict[str, Any]:
     """Metadata key -> Python value (strings, numbers, lists)."""
     return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}

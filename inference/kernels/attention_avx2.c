@@ -1,0 +1,130 @@
+/*
+ * Decode attention over the paged KV cache (x86-64, AVX2 + FMA, OpenMP): one query token per sequence,
+ * reading keys and values in place through the block table instead of gathering them into a dense copy.
+ *
+ *   out[b, h] = softmax(scale * q[b, h] . K[b, :, g]) @ V[b, :, g]    with g = h / (num_heads / num_kv_heads)
+ *
+ * Caches are [num_blocks, block_size, num_kv_heads, head_dim] float32 (token t of sequence b lives in block
+ * block_tables[b, t / block_size] at offset t % block_size). Work is split over (sequence, kv head) pairs;
+ * the query heads that share a kv head are done together, so each key and value is read once per pair.
+ * Requires head_dim % 8 == 0 and at most MAX_GROUP query heads per kv head; the caller checks.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define MAX_GROUP 8
+
+/* e^x for 8 floats (Cephes expf: range reduction by ln 2, degree-6 polynomial), relative error ~2e-7. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37626f)), _mm256_set1_ps(-87.33654f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* scores[j, t] = scale * q_j . k_t for the `group` query heads of one (sequence, kv head) pair. */
+static void scores_of(const float *const *queries, int group, const float *key_cache, const int64_t *table,
+                      int64_t context, int64_t block_size, int64_t token_stride, int64_t head_dim, float scale,
+                      float *scores, int64_t scores_stride) {
+    for (int64_t t = 0; t < context; t++) {
+        const float *key = key_cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
+        for (int j = 0; j < group; j++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t d = 0; d < head_dim; d += 8)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(queries[j] + d), _mm256_loadu_ps(key + d), acc);
+            scores[j * scores_stride + t] = scale * hsum(acc);
+        }
+    }
+}
+
+/* In place: scores -> exp(scores - max); returns 1 / sum. */
+static float softmax_numerators(float *scores, int64_t context) {
+    float max = -INFINITY;
+    for (int64_t t = 0; t < context; t++) max = scores[t] > max ? scores[t] : max;
+    __m256 vmax = _mm256_set1_ps(max), vsum = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= context; t += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t), vmax));
+        _mm256_storeu_ps(scores + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; t < context; t++) sum += (scores[t] = expf(scores[t] - max));
+    return 1.0f / sum;
+}
+
+/* out = (sum_t weights[t] * v_t) * inv_sum, for one query head. */
+static void weighted_values(const float *weights, float inv_sum, const float *value_cache, const int64_t *table,
+                            int64_t context, int64_t block_size, int64_t token_stride, int64_t head_dim,
+                            float *out) {
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 64) {  /* 8 accumulators of 8 lanes at a time */
+        int64_t width = head_dim - d0 < 64 ? head_dim - d0 : 64;
+        __m256 acc[8];
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (int64_t t = 0; t < context; t++) {
+            const float *value = value_cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
+            __m256 w = _mm256_set1_ps(weights[t]);
+            for (int i = 0; i < width / 8; i++)
+                acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(value + d0 + 8 * i), acc[i]);
+        }
+        __m256 scale = _mm256_set1_ps(inv_sum);
+        for (int i = 0; i < width / 8; i++) _mm256_storeu_ps(out + d0 + 8 * i, _mm256_mul_ps(acc[i], scale));
+    }
+}
+
+/* q row of sequence b: q + rows[b] * q_row_stride (heads contiguous, head_dim each); out likewise.
+ * Returns 0, or -1 when the scratch allocation fails. */
+int opslab_paged_decode_attention(const float *q, int64_t q_row_stride, const int64_t *rows, int64_t num_seqs,
+                                  int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                                  const float *key_cache, const float *value_cache, int64_t block_size,
+                                  const int64_t *block_tables, int64_t table_stride, const int64_t *context_lens,
+                                  int64_t max_context, float scale, float *out, int64_t out_row_stride) {
+    int group = (int)(num_heads / num_kv_heads);
+    int64_t token_stride = num_kv_heads * head_dim, scores_stride = (max_context + 7) / 8 * 8;
+    int failed = 0;
+    #pragma omp parallel
+    {
+        float *scores = malloc((size_t)group * scores_stride * sizeof(float));
+        if (!scores) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < num_seqs * num_kv_heads; task++) {
+            if (!scores) continue;
+            int64_t b = task / num_kv_heads, g = task % num_kv_heads, context = context_lens[b];
+            const int64_t *table = block_tables + b * table_stride;
+            const float *queries[MAX_GROUP];
+            for (int j = 0; j < group; j++) queries[j] = q + rows[b] * q_row_stride + (g * group + j) * head_dim;
+            scores_of(queries, group, key_cache + g * head_dim, table, context, block_size, token_stride, head_dim,
+                      scale, scores, scores_stride);
+            for (int j = 0; j < group; j++) {
+                float *weights = scores + j * scores_stride;
+                float inv_sum = softmax_numerators(weights, context);
+                weighted_values(weights, inv_sum, value_cache + g * head_dim, table, context, block_size,
+                                token_stride, head_dim, out + rows[b] * out_row_stride + (g * group + j) * head_dim);
+            }
+        }
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}
