@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference import kernels
 from inference.attention import AttentionMetadata, KVCache, paged_attention
 from inference.config import ModelConfig
 
@@ -114,8 +115,15 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] holding [gate | up] → silu(gate) * up [T, I] (one fused pass on a CPU with the kernels)."""
+    if kernels.supports_silu_mul(gate_up):
+        return kernels.silu_mul(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +162,9 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, d]; cos, sin: [T, d]."""
+    """x: [T, heads, d]; cos, sin: [T, d]. The CPU kernel rotates x in place (one pass instead of six ops)."""
+    if kernels.supports_rotary(x, cos):
+        return kernels.rotary(x, cos, sin)
     first, second = x.chunk(2, dim=-1)
     rotated = torch.cat([-second, first], dim=-1)
     return x * cos[:, None, :] + rotated * sin[:, None, :]

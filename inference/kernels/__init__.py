@@ -2,7 +2,9 @@
 - `linear()` (linear_avx2.c): decodes float32 / int8 / int4 weights inside one AVX2 matmul. PyTorch's own
   weight-only kernels are not vectorised for AVX2 CPUs, and dequantize-then-F.linear reads the weights twice;
 - `paged_decode_attention()` (attention_avx2.c): one query per sequence against its keys and values read in
-  place through the block table, where the PyTorch path first gathers a dense copy of them per layer.
+  place through the block table, where the PyTorch path first gathers a dense copy of them per layer;
+- `rotary()` and `silu_mul()` (elementwise_avx2.c): one pass each where PyTorch takes 3-7 ops (per-op
+  dispatch costs microseconds, and a decode step runs hundreds of ops).
 Both parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
 thread pool).
 
@@ -25,7 +27,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("linear_avx2.c", "attention_avx2.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("linear_avx2.c", "attention_avx2.c",
+                                                            "elementwise_avx2.c"))
+HEADERS = (Path(__file__).with_name("simd.h"),)
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-Wall")
 LIBS = ("-lm",)
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
@@ -66,6 +70,9 @@ def library() -> ctypes.CDLL:
     lib.opslab_linear.restype = ctypes.c_int
     lib.opslab_linear.argtypes = [pointer, i64, i64, i64, ctypes.c_int, pointer, i64, pointer, pointer, i64, i64,
                                   pointer, pointer]
+    lib.opslab_rotary.restype = lib.opslab_silu_mul.restype = None
+    lib.opslab_rotary.argtypes = [pointer, i64, i64, i64, i64, pointer, pointer]
+    lib.opslab_silu_mul.argtypes = [pointer, i64, i64, pointer]
     lib.opslab_paged_decode_attention.restype = ctypes.c_int
     lib.opslab_paged_decode_attention.argtypes = [pointer, i64, pointer, i64, i64, i64, i64, pointer, pointer, i64,
                                                   pointer, i64, pointer, i64, ctypes.c_float, pointer, i64]
@@ -90,7 +97,7 @@ def _compiled() -> Path:
         raise KernelUnavailable(f"no C compiler ({compiler!r} is not on PATH; `make install` installs gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256(" ".join(CFLAGS + LIBS).encode() + version.encode())
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     target = cache_dir() / f"opslab_kernels-{digest.hexdigest()[:16]}.so"
     if target.is_file():
@@ -161,6 +168,34 @@ def paged_decode_attention(q: torch.Tensor, rows: torch.Tensor, kv_cache: tuple[
         context_lens.data_ptr(), max_context, head_dim ** -0.5, out.data_ptr(), out.stride(0))
     if status != 0:
         raise MemoryError("paged decode attention kernel: scratch allocation failed")
+
+
+def supports_rotary(x: torch.Tensor, cos: torch.Tensor) -> bool:
+    """Whether `rotary` can rotate x [T, heads, head_dim] in place with cos/sin [T, head_dim]."""
+    return (x.device.type == "cpu" and x.dtype == cos.dtype == torch.float32 and x.shape[2] % 16 == 0
+            and x.stride(2) == 1 and x.stride(1) == x.shape[2] and cos.is_contiguous() and enabled())
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, written into x (which is returned)."""
+    tokens, heads, head_dim = x.shape
+    library().opslab_rotary(x.data_ptr(), tokens, heads, head_dim, x.stride(0), cos.data_ptr(),
+                            sin.contiguous().data_ptr())
+    return x
+
+
+def supports_silu_mul(gate_up: torch.Tensor) -> bool:
+    return (gate_up.device.type == "cpu" and gate_up.dtype == torch.float32 and gate_up.shape[-1] % 16 == 0
+            and enabled())
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [..., 2 * size] holding [gate | up]."""
+    size = gate_up.shape[-1] // 2
+    rows = gate_up.reshape(-1, 2 * size).contiguous()
+    out = torch.empty(rows.shape[0], size, dtype=torch.float32)
+    library().opslab_silu_mul(rows.data_ptr(), rows.shape[0], size, out.data_ptr())
+    return out.reshape(*gate_up.shape[:-1], size)
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:

@@ -143,3 +143,23 @@ def test_attention_kernel_supports_only_what_it_takes():
     assert not kernels.supports_attention(torch.zeros(3, 6, 64, dtype=torch.bfloat16), cache.bfloat16())
     assert not kernels.supports_attention(torch.zeros(3, 18, 64), cache)  # 9 query heads per kv head
     assert not kernels.supports_attention(torch.zeros(3, 6, 12), torch.zeros(4, 16, 2, 12))  # head_dim % 8
+
+
+def test_rotary_kernel_equals_the_pytorch_rotation():
+    torch.manual_seed(0)
+    qkv = torch.randn(5, 7, 32)
+    x = qkv[:, :4]  # a view with a wider row, as the model rotates q and k inside the qkv output
+    angles = torch.randn(5, 16).repeat(1, 2)
+    cos, sin = angles.cos(), angles.sin()
+    first, second = x.chunk(2, dim=-1)
+    expected = x * cos[:, None] + torch.cat([-second, first], dim=-1) * sin[:, None]
+    untouched = qkv[:, 4:].clone()
+    assert kernels.supports_rotary(x, cos)
+    torch.testing.assert_close(kernels.rotary(x, cos, sin), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(qkv[:, 4:], untouched)
+
+
+def test_silu_mul_kernel_equals_pytorch():
+    gate_up = torch.randn(3, 5, 96) * 6  # wide range: exp of large and small arguments
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(kernels.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-5, atol=1e-5)
