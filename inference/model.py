@@ -120,7 +120,7 @@ class MLP(nn.Module):
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """[T, 2I] holding [gate | up] → silu(gate) * up [T, I] (one fused pass on a CPU with the kernels)."""
-    if kernels.supports_silu_mul(gate_up):
+    if kernels.supports_elementwise(gate_up, multiple=16):
         return kernels.silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -135,7 +135,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one fused op; same math as below
+        if kernels.supports_elementwise(x) and self.weight.dtype == torch.float32:  # one pass on the CPU
+            return kernels.rms_norm(x, self.weight, self.eps)
+        if x.dtype == torch.float32:  # same math as below
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)

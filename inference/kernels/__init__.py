@@ -3,8 +3,8 @@
   weight-only kernels are not vectorised for AVX2 CPUs, and dequantize-then-F.linear reads the weights twice;
 - `paged_decode_attention()` (attention_avx2.c): one query per sequence against its keys and values read in
   place through the block table, where the PyTorch path first gathers a dense copy of them per layer;
-- `rotary()` and `silu_mul()` (elementwise_avx2.c): one pass each where PyTorch takes 3-7 ops (per-op
-  dispatch costs microseconds, and a decode step runs hundreds of ops).
+- `rotary()`, `silu_mul()` and `rms_norm()` (elementwise_avx2.c): one pass each where PyTorch takes 3-8 ops
+  (per-op dispatch costs microseconds, and a decode step runs hundreds of ops).
 Both parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
 thread pool).
 
@@ -70,7 +70,8 @@ def library() -> ctypes.CDLL:
     lib.opslab_linear.restype = ctypes.c_int
     lib.opslab_linear.argtypes = [pointer, i64, i64, i64, ctypes.c_int, pointer, i64, pointer, pointer, i64, i64,
                                   pointer, pointer]
-    lib.opslab_rotary.restype = lib.opslab_silu_mul.restype = None
+    lib.opslab_rotary.restype = lib.opslab_silu_mul.restype = lib.opslab_rms_norm.restype = None
+    lib.opslab_rms_norm.argtypes = [pointer, i64, i64, pointer, ctypes.c_float, pointer]
     lib.opslab_rotary.argtypes = [pointer, i64, i64, i64, i64, pointer, pointer]
     lib.opslab_silu_mul.argtypes = [pointer, i64, i64, pointer]
     lib.opslab_paged_decode_attention.restype = ctypes.c_int
@@ -184,9 +185,9 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x
 
 
-def supports_silu_mul(gate_up: torch.Tensor) -> bool:
-    return (gate_up.device.type == "cpu" and gate_up.dtype == torch.float32 and gate_up.shape[-1] % 16 == 0
-            and enabled())
+def supports_elementwise(x: torch.Tensor, multiple: int = 8) -> bool:
+    """Whether silu_mul / rms_norm take x: float32 on the CPU, last dimension a multiple of `multiple`."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[-1] % multiple == 0 and enabled()
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -196,6 +197,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows.shape[0], size, dtype=torch.float32)
     library().opslab_silu_mul(rows.data_ptr(), rows.shape[0], size, out.data_ptr())
     return out.reshape(*gate_up.shape[:-1], size)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty_like(rows)
+    library().opslab_rms_norm(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.contiguous().data_ptr(), eps,
+                              out.data_ptr())
+    return out.reshape(x.shape)
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:

@@ -163,3 +163,10 @@ def test_silu_mul_kernel_equals_pytorch():
     gate_up = torch.randn(3, 5, 96) * 6  # wide range: exp of large and small arguments
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(kernels.silu_mul(gate_up), F.silu(gate) * up, rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm_kernel_equals_pytorch():
+    x, weight = torch.randn(7, 96) * 3, torch.randn(96)
+    assert kernels.supports_elementwise(x)
+    torch.testing.assert_close(kernels.rms_norm(x, weight, 1e-5), F.rms_norm(x, (96,), weight, 1e-5),
+                               rtol=1e-5, atol=1e-5)
