@@ -16,6 +16,8 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -226,6 +228,12 @@ def default_engine(gguf: Path, quant: str) -> Path:
     return engine_dir
 
 
+def exit_on_signals() -> None:
+    """SIGTERM/SIGHUP end the run by SystemExit, so the launchers' cleanup stops the server under test."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+
+
 def parse_list(text: str, option: str, choices: tuple[str, ...] | None = None) -> tuple:
     """Comma list → tuple of names (checked against `choices`) or of positive ints."""
     items = tuple(item.strip() for item in text.split(",") if item.strip())
@@ -266,6 +274,7 @@ def main(servers, concurrency, num_prompts, input_len, output_len, threads, max_
          request_timeout, engine_dir, quant, gguf, hf_model, offline, require_peers, output):
     """Our server vs llama-server, llama-cpp-python and an HF baseline: throughput, TTFT, ratios."""
     servers = parse_list(servers, "--servers", SERVERS)
+    exit_on_signals()
     levels = parse_list(concurrency, "--concurrency")
     build_engine = "opslab" in servers and engine_dir is None
     llama_peers = {"llama-server", "llama-cpp-python"} & set(servers)
