@@ -192,6 +192,8 @@ def run_comparison(plan: Plan, require_peers: bool) -> dict:
     announce_skipped(skipped)
     offline = run_offline(plan) if plan.offline and "opslab" in plan.servers else []
     runs = run_servers(plan, require_peers, skipped)
+    if not runs:
+        raise CompareError("no server ran (all skipped); build the peers with scripts/build-peers.sh or add opslab")
     document = {"created": time.time(), "config": plan.as_json(), "skipped": skipped, "runs": runs,
                 "offline": offline}
     document.update(compute_ratios(runs, offline))

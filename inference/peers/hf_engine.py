@@ -131,7 +131,6 @@ class HFEngine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self.error: BaseException | None = None
         self.last_step_time = time.monotonic()
         self.prompt_tokens_total = self.generation_tokens_total = 0
 
@@ -141,7 +140,7 @@ class HFEngine:
 
     @property
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        return self._thread is not None and self._thread.is_alive()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -176,8 +175,9 @@ class HFEngine:
             job.cancelled.set()
 
     def stats(self) -> EngineStats:
-        waiting = sum(job.first_scheduled_time is None for job in self.jobs.values())
-        return EngineStats(num_running=len(self.jobs) - waiting, num_waiting=waiting, kv_cache_usage=0.0,
+        jobs = list(self.jobs.values())  # the worker thread removes finished ones
+        waiting = sum(job.first_scheduled_time is None for job in jobs)
+        return EngineStats(num_running=len(jobs) - waiting, num_waiting=waiting, kv_cache_usage=0.0,
                            num_free_blocks=0, num_total_blocks=0, prefix_cache_queries=0, prefix_cache_hits=0,
                            num_steps=self.generation_tokens_total, last_step_time=self.last_step_time,
                            prompt_tokens_total=self.prompt_tokens_total,
