@@ -151,11 +151,14 @@ class Int4Linear(nn.Module):
 
 
 class KernelLinear(nn.Linear):
-    """nn.Linear whose float32 CPU forward runs the fused kernel (faster than MKL for the few rows of a
-    decode step, and for a wide output head)."""
+    """nn.Linear whose float32 CPU forward runs the fused kernel for up to MAX_ROWS rows (faster than MKL
+    for the few rows of a decode step and for a wide output head; MKL wins on long prefills)."""
+
+    MAX_ROWS = 128
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == torch.float32 and kernels.supports(x, self.in_features, self.out_features, "float32"):
+        if (self.weight.dtype == torch.float32 and x.numel() <= self.MAX_ROWS * self.in_features
+                and kernels.supports(x, self.in_features, self.out_features, "float32")):
             return kernels.linear(x, "float32", self.weight, self.out_features, self.bias)
         return super().forward(x)
 

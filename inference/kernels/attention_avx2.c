@@ -18,18 +18,21 @@
 
 #define MAX_GROUP 8
 
-/* scores[j, t] = scale * q_j . k_t for the `group` query heads of one (sequence, kv head) pair. */
+/* scores[j, t] = scale * q_j . k_t for the `group` query heads of one (sequence, kv head) pair; the keys
+ * are walked block by block (no division per token). */
 static void scores_of(const float *const *queries, int group, const float *key_cache, const int64_t *table,
                       int64_t context, int64_t block_size, int64_t token_stride, int64_t head_dim, float scale,
                       float *scores, int64_t scores_stride) {
-    for (int64_t t = 0; t < context; t++) {
-        const float *key = key_cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
-        for (int j = 0; j < group; j++) {
-            __m256 acc = _mm256_setzero_ps();
-            for (int64_t d = 0; d < head_dim; d += 8)
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(queries[j] + d), _mm256_loadu_ps(key + d), acc);
-            scores[j * scores_stride + t] = scale * hsum(acc);
-        }
+    for (int64_t t0 = 0; t0 < context; t0 += block_size) {
+        const float *key = key_cache + table[t0 / block_size] * block_size * token_stride;
+        int64_t count = context - t0 < block_size ? context - t0 : block_size;
+        for (int64_t i = 0; i < count; i++, key += token_stride)
+            for (int j = 0; j < group; j++) {
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t d = 0; d < head_dim; d += 8)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(queries[j] + d), _mm256_loadu_ps(key + d), acc);
+                scores[j * scores_stride + t0 + i] = scale * hsum(acc);
+            }
     }
 }
 
@@ -57,11 +60,14 @@ static void weighted_values(const float *weights, float inv_sum, const float *va
         int64_t width = head_dim - d0 < 64 ? head_dim - d0 : 64;
         __m256 acc[8];
         for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-        for (int64_t t = 0; t < context; t++) {
-            const float *value = value_cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
-            __m256 w = _mm256_set1_ps(weights[t]);
-            for (int i = 0; i < width / 8; i++)
-                acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(value + d0 + 8 * i), acc[i]);
+        for (int64_t t0 = 0; t0 < context; t0 += block_size) {
+            const float *value = value_cache + table[t0 / block_size] * block_size * token_stride;
+            int64_t count = context - t0 < block_size ? context - t0 : block_size;
+            for (int64_t i = 0; i < count; i++, value += token_stride) {
+                __m256 w = _mm256_set1_ps(weights[t0 + i]);
+                for (int v = 0; v < width / 8; v++)
+                    acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(value + d0 + 8 * v), acc[v]);
+            }
         }
         __m256 scale = _mm256_set1_ps(inv_sum);
         for (int i = 0; i < width / 8; i++) _mm256_storeu_ps(out + d0 + 8 * i, _mm256_mul_ps(acc[i], scale));
@@ -85,7 +91,7 @@ int opslab_paged_decode_attention(const float *q, int64_t q_row_stride, const in
             #pragma omp atomic write
             failed = 1;
         }
-        #pragma omp for schedule(dynamic, 1)
+        #pragma omp for schedule(static)
         for (int64_t task = 0; task < num_seqs * num_kv_heads; task++) {
             if (!scores) continue;
             int64_t b = task / num_kv_heads, g = task % num_kv_heads, context = context_lens[b];
