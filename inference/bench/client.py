@@ -57,6 +57,7 @@ class RequestResult:
     chunk_times: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     output_tokens: int = 0
+    usage_reported: bool = False  # False: output_tokens counts content chunks (the server sent no usage)
     approx_input_tokens: int = 0
     generated_text: str = ""
     retries: int = 0
@@ -108,6 +109,7 @@ def record_chunk(result: RequestResult, data: dict, now: float) -> None:
     if usage:
         result.prompt_tokens = usage.get("prompt_tokens") or 0
         result.output_tokens = usage.get("completion_tokens") or 0
+        result.usage_reported = True
 
 
 async def read_stream(response: httpx.Response, result: RequestResult) -> None:
@@ -162,9 +164,13 @@ async def send_request(
 
 
 def finish(result: RequestResult) -> RequestResult:
-    """Decide success and E2EL the way vLLM does: success means at least one content chunk."""
+    """Decide success and E2EL the way vLLM does: success means at least one content chunk. A server that
+    reports no usage (llama-cpp-python's streams) gets its content chunks counted as output tokens: its
+    chunks carry one token each."""
     if not result.error and not result.chunk_times:
         result.error = "no_content"
+    if not result.usage_reported:
+        result.output_tokens = len(result.chunk_times)
     result.success = not result.error
     if result.chunk_times:
         result.latency = result.chunk_times[-1] - result.start

@@ -77,6 +77,7 @@ def calculate_metrics(
         "duration": duration_s,
         "total_input_tokens": total_input,
         "total_output_tokens": total_output,
+        "output_tokens_counted_from_chunks": sum(not r.usage_reported for r in done),
         "request_throughput": len(done) / duration_s,
         "request_goodput": good / duration_s if goodput_slos_ms else None,
         "output_throughput": total_output / duration_s,

@@ -32,6 +32,17 @@ def test_tpot_uses_usage_tokens_not_chunks():
     assert tpot_of(timeline(0.0, [0.2], output_tokens=1)) == 0.0
 
 
+def test_a_server_without_usage_has_its_content_chunks_counted():
+    result = RequestResult(start=0.0)
+    for index, now in enumerate([0.2, 0.3, 0.5]):
+        record_chunk(result, {"choices": [{"text": f"t{index}"}]}, now)
+    finish(result)
+    assert result.output_tokens == 3 and not result.usage_reported
+    assert tpot_of(result) == pytest.approx(0.3 / 2)
+    metrics = calculate_metrics([result, timeline(0.0, [0.1, 0.2], output_tokens=5)], duration_s=1.0)
+    assert metrics["total_output_tokens"] == 8 and metrics["output_tokens_counted_from_chunks"] == 1
+
+
 def test_run_totals_throughputs_and_percentiles():
     results = [timeline(0.0, [0.1 * (i + 1), 0.1 * (i + 1) + 0.05 * (i + 1)], output_tokens=2) for i in range(10)]
     metrics = calculate_metrics(results, duration_s=4.0)

@@ -19,6 +19,7 @@ def tiny_run(tmp_path, monkeypatch):
     Tokenizer.byte_level().save(tmp_path / "hf")
     monkeypatch.setenv("OPSLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OPSLAB_PEERS_DIR", str(tmp_path / "no-peers"))
+    monkeypatch.delenv("CI", raising=False)  # under CI=true a missing peer is an error (tested below)
     monkeypatch.setattr(benchmark, "run_isolated", lambda name, config: benchmark.RUNNERS[name](config))
 
     def run(*extra: str) -> dict:
@@ -47,13 +48,16 @@ def test_benchmark_reports_every_metric_for_every_engine(tiny_run, tmp_path, mon
     assert targets["concurrent_vs_hf"]["met"] is not None and targets["concurrent_vs_llama_server"]["met"] is None
 
 
-def test_missing_peers_are_skipped_and_recorded_or_fail_when_required(tiny_run):
+def test_missing_peers_are_skipped_and_recorded_or_fail_when_required(tiny_run, monkeypatch):
     report = tiny_run("--engines", "ours-fp32", "llama-server", "llama-cpp-python")
     assert list(report["engines"]) == ["ours-fp32"]
     assert set(report["skipped"]) == {"llama-server", "llama-cpp-python"}
     assert "scripts/build-peers.sh" in report["skipped"]["llama-server"]
     with pytest.raises(SystemExit, match="llama-server is not built"):
         tiny_run("--engines", "ours-fp32", "llama-server", "--require-peers")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(SystemExit, match="llama-server is not built"):
+        tiny_run("--engines", "ours-fp32", "llama-server")
 
 
 def test_targets_compare_the_best_of_ours_with_the_peers():
