@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -127,6 +128,33 @@ def test_stop_strings_cut_the_text(letters_llm):
     kept = letters_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=20, stop=stop,
                                                          include_stop_str_in_output=True))[0]
     assert kept.text == full.text[:cut + len(stop)]
+
+
+def test_async_engine_builds_its_engine_on_the_loop_thread_and_raises_build_errors(letters_llm):
+    """Loading and stepping share one thread (OpenMP teams on a second thread slow every step)."""
+    built_on = []
+
+    def build():
+        built_on.append(threading.current_thread())
+        return letters_llm.engine
+
+    def broken():
+        raise ValueError("no such engine")
+
+    async def scenario():
+        engine = AsyncLLMEngine(build=build)
+        await engine.start()
+        stepping_thread, alive = engine._thread, engine.is_alive
+        outputs = [out async for out in engine.add_request("r", "abc", SamplingParams(temperature=0, max_tokens=3))]
+        await engine.stop()
+        failing = AsyncLLMEngine(build=broken)
+        with pytest.raises(ValueError, match="no such engine"):
+            await failing.start()
+        return stepping_thread, alive, outputs, failing.is_alive
+
+    stepping_thread, alive, outputs, failing_alive = asyncio.run(scenario())
+    assert built_on == [stepping_thread] and alive and not failing_alive
+    assert outputs[-1].finished
 
 
 def test_async_engine_streams_aborts_and_reports(letters_llm):
