@@ -291,21 +291,6 @@ def run_isolated(name: str, config: BenchConfig) -> EngineResult:
         return pool.submit(RUNNERS[name], config).result()
 
 
-def missing_peers(engines: list[str]) -> dict[str, str]:
-    """Peer engines that are not built here, with the reason."""
-    from inference.peers.servers import PeerError, llama_cpp_python, llama_server_binary
-
-    probes = {"llama-cpp-python": llama_cpp_python, "llama-server": llama_server_binary}
-    missing = {}
-    for name in engines:
-        if name in probes:
-            try:
-                probes[name]()
-            except PeerError as error:
-                missing[name] = str(error)
-    return missing
-
-
 TARGETS = (  # (name, what it compares, bound): the issue's performance targets
     ("concurrent_vs_llama_server", "best ours output tok/s at --concurrency / llama-server's", ">=", 2.0),
     ("concurrent_vs_hf", "best ours output tok/s at --concurrency / HF's", ">=", 3.0),
@@ -420,6 +405,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     config = BenchConfig(args.gguf or str(_default_model()), args.max_tokens, args.concurrency, args.prompt_tokens,
                          args.threads, args.repeats, args.device, args.dtype)
+    from inference.peers.servers import missing_peers
+
     skipped = missing_peers(args.engines)
     if skipped and args.require_peers:
         raise SystemExit("Error: " + "; ".join(skipped.values()))

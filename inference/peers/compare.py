@@ -33,8 +33,8 @@ from inference.bench.plots import write_plots
 from inference.bench.report import print_tables, run_record, summary_table
 from inference.bench.runner import Load, benchmark_endpoint
 from inference.peers.report import compute_ratios, plot_comparison, ratio_table
-from inference.peers.servers import (PeerError, free_port, hf_baseline_server, llama_cpp_python,
-                                     llama_cpp_python_server, llama_server, llama_server_binary, opslab_server)
+from inference.peers.servers import (PeerError, free_port, hf_baseline_server, llama_cpp_python_server,
+                                     llama_server, missing_peers, opslab_server)
 
 SERVERS = ("opslab", "llama-server", "llama-cpp-python", "hf")
 console = Console(stderr=True)
@@ -93,20 +93,6 @@ LAUNCHERS: dict[str, Callable] = {
                                                                    log_dir=plan.log_dir),
     "hf": lambda plan, port: hf_baseline_server(plan.hf_model, port, plan.threads, log_dir=plan.log_dir),
 }
-PEER_CHECKS: dict[str, Callable] = {"llama-server": llama_server_binary, "llama-cpp-python": llama_cpp_python}
-
-
-def missing_peers(servers: tuple[str, ...]) -> dict[str, str]:
-    """{peer: why it cannot run} for the requested peers that are not built."""
-    missing = {}
-    for name in servers:
-        try:
-            PEER_CHECKS.get(name, lambda: None)()
-        except PeerError as error:
-            missing[name] = str(error)
-    return missing
-
-
 def with_output_lengths(record: dict, output_len: int) -> dict:
     """Add the mean output length the server really produced (a server may ignore ignore_eos)."""
     metrics = record["metrics"]

@@ -50,6 +50,18 @@ def llama_cpp_python() -> Path:
     return python
 
 
+def missing_peers(names) -> dict[str, str]:
+    """{peer: why it cannot run} for the llama.cpp peers among `names` that are not built (others ignored)."""
+    checks = {"llama-server": llama_server_binary, "llama-cpp-python": llama_cpp_python}
+    missing = {}
+    for name in names:
+        try:
+            checks.get(name, lambda: None)()
+        except PeerError as error:
+            missing[name] = str(error)
+    return missing
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
