@@ -72,6 +72,7 @@ class LLMEngine:
         self.last_step_time = time.monotonic()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self._stepping = threading.Lock()  # held during step(): a second stepping thread is a bug
 
     @classmethod
     def from_path(cls, path: str | Path, **overrides) -> LLMEngine:
@@ -140,7 +141,19 @@ class LLMEngine:
     # ---- one step ----
 
     def step(self) -> StepOutput:
-        """Schedule, run the model once over every scheduled token, and post-process the new tokens."""
+        """Schedule, run the model once over every scheduled token, and post-process the new tokens.
+
+        One thread steps an engine; a second one (say, `LLM.generate` on an engine an AsyncLLMEngine
+        drives) gets a RuntimeError instead of corrupting the scheduler's state.
+        """
+        if not self._stepping.acquire(blocking=False):
+            raise RuntimeError("LLMEngine.step called while another thread is stepping this engine")
+        try:
+            return self._step()
+        finally:
+            self._stepping.release()
+
+    def _step(self) -> StepOutput:
         start = time.monotonic()
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty and self.scheduler.waiting and not self.scheduler.running:

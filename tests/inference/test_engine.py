@@ -159,9 +159,9 @@ def test_async_engine_builds_its_engine_on_the_loop_thread_and_raises_build_erro
 
 def test_async_engine_streams_aborts_and_reports(letters_llm):
     async def scenario():
-        engine = AsyncLLMEngine(letters_llm.engine)
-        await engine.start()
         stop_text = letters_llm.generate(["abc"], SamplingParams(temperature=0, max_tokens=12))[0].text[4:6]
+        engine = AsyncLLMEngine(letters_llm.engine)  # steps letters_llm.engine from now on: no generate()
+        await engine.start()
         streamed = engine.add_request("s", "abc", SamplingParams(temperature=0, max_tokens=12, stop=[stop_text]))
         endless = engine.add_request("e", "xyz", SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))
         with pytest.raises(ValueError):
