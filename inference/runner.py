@@ -2,7 +2,9 @@
 
 Per step it builds flat Python lists (input ids, positions, cache slots, block tables, lengths), converts
 each to a tensor once, runs the model over all tokens of the step together, computes logits only for the
-last token of sequences that completed their prompt/decode, and samples.
+last token of sequences that completed their prompt/decode, and samples. On a CPU with float32 weights and
+the fused kernels, a step of decodes only (one new token per sequence) instead runs the whole model in one
+C call (kernels.decoder.FusedDecoder): same math, without the per-operator overhead.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from inference.attention import (AttentionMetadata, allocate_kv_caches, build_at
                                  kv_bytes_per_block)
 from inference import kernels
 from inference.config import EngineConfig, ModelConfig
+from inference.kernels.decoder import FusedDecoder
 from inference.quant import use_cpu_kernels
 from inference.sampling import SamplingRow, TokenLogprob, make_generator, sample
 from inference.scheduler import ScheduledChunk
@@ -79,10 +82,15 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(model_config.num_hidden_layers, num_blocks, self.block_size,
                                             model_config.num_key_value_heads, model_config.head_dim,
                                             self.dtype, self.device)
+        self.fused_decoder = None
+        if self.device.type == "cpu" and self.dtype == torch.float32 and kernels.enabled():
+            self.fused_decoder = FusedDecoder.for_model(self.model, self.kv_caches)
         self.generators: dict[str, torch.Generator] = {}
 
     @torch.inference_mode()
     def run(self, chunks: list[ScheduledChunk]) -> RunnerOutput:
+        if self.fused_decoder is not None and all(chunk.num_new_tokens == 1 for chunk in chunks):
+            return self._run_fused_decode(chunks)
         start = time.monotonic()
         inputs = self.prepare(chunks)
         prepared = time.monotonic() - start
@@ -90,8 +98,26 @@ class ModelRunner:
         if not inputs.sampled_seqs:
             return RunnerOutput([], [], [], prepared)
         logits = self.model.compute_logits(hidden[inputs.logits_rows])  # [N, vocab]
-        token_ids, logprobs = sample(logits, [self._sampling_row(seq) for seq in inputs.sampled_seqs])
-        return RunnerOutput(inputs.sampled_seqs, token_ids, logprobs, prepared)
+        return self._sample(logits, inputs.sampled_seqs, prepared)
+
+    def _run_fused_decode(self, chunks: list[ScheduledChunk]) -> RunnerOutput:
+        """One new token per sequence: the whole model in one kernel call, then sampling."""
+        positions = [chunk.seq.num_computed_tokens for chunk in chunks]
+        logits = self.fused_decoder(
+            token_ids=[chunk.seq.token_ids[p] for chunk, p in zip(chunks, positions)], positions=positions,
+            slots=[chunk.seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                   for chunk, p in zip(chunks, positions)],
+            block_tables=[chunk.seq.block_table for chunk in chunks], context_lens=[p + 1 for p in positions])
+        rows = [i for i, chunk in enumerate(chunks) if chunk.completes_sequence]  # a 1-token prefill chunk may not
+        if len(rows) < len(chunks):
+            logits = logits[rows]
+        return self._sample(logits, [chunks[i].seq for i in rows], 0.0)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], prepared: float) -> RunnerOutput:
+        if not seqs:
+            return RunnerOutput([], [], [], prepared)
+        token_ids, logprobs = sample(logits, [self._sampling_row(seq) for seq in seqs])
+        return RunnerOutput(seqs, token_ids, logprobs, prepared)
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
         """Flat lists for every scheduled token, then one tensor each."""

@@ -4,8 +4,10 @@
 - `paged_decode_attention()` (attention_avx2.c): one query per sequence against its keys and values read in
   place through the block table, where the PyTorch path first gathers a dense copy of them per layer;
 - `rotary()`, `silu_mul()` and `rms_norm()` (elementwise_avx2.c): one pass each where PyTorch takes 3-8 ops
-  (per-op dispatch costs microseconds, and a decode step runs hundreds of ops).
-Both parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
+  (per-op dispatch costs microseconds, and a decode step runs hundreds of ops);
+- `decoder.FusedDecoder` (decoder_avx2.c): a whole decode step, embedding to logits, in one call and one
+  OpenMP parallel region, built from the pieces above (linear.h, attention.h, elementwise.h).
+All parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
 thread pool).
 
 The shared library is cached by a hash of the source, the flags and the compiler in $OPSLAB_KERNEL_CACHE
@@ -28,8 +30,8 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("linear_avx2.c", "attention_avx2.c",
-                                                            "elementwise_avx2.c"))
-HEADERS = (Path(__file__).with_name("simd.h"),)
+                                                            "elementwise_avx2.c", "decoder_avx2.c"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("simd.h", "linear.h", "attention.h", "elementwise.h"))
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-Wall")
 LIBS = ("-lm",)
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
@@ -74,6 +76,8 @@ def library() -> ctypes.CDLL:
     lib.opslab_rms_norm.argtypes = [pointer, i64, i64, pointer, ctypes.c_float, pointer]
     lib.opslab_rotary.argtypes = [pointer, i64, i64, i64, i64, pointer, pointer]
     lib.opslab_silu_mul.argtypes = [pointer, i64, i64, pointer]
+    lib.opslab_decode_step.restype = ctypes.c_int
+    lib.opslab_decode_step.argtypes = [pointer, i64, pointer, pointer, pointer, pointer, i64, pointer, i64, pointer]
     lib.opslab_paged_decode_attention.restype = ctypes.c_int
     lib.opslab_paged_decode_attention.argtypes = [pointer, i64, pointer, i64, i64, i64, i64, pointer, pointer, i64,
                                                   pointer, i64, pointer, i64, ctypes.c_float, pointer, i64]

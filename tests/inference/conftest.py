@@ -13,7 +13,19 @@ import pytest
 import torch
 from weights_helpers import save_tiny_hf
 
+from inference import kernels
 from inference.models import SMOLLM2, FetchError, fetch_model
+
+
+@pytest.fixture(scope="session")
+def require_kernels():
+    """The fused CPU kernels, built; without them skip, except under CI=true, where that fails."""
+    try:
+        kernels.library()
+    except kernels.KernelUnavailable as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs the fused CPU kernels: {error}")
+        pytest.skip(f"fused CPU kernels unavailable: {error}")
 
 
 @pytest.fixture(scope="session")

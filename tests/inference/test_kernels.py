@@ -22,14 +22,7 @@ from inference.quant import (Int4Linear, Int8Linear, KernelLinear, QuantConfig, 
 ROW_COUNTS = [1, 2, 3, 4, 5, 7, 16, 50, 97]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def require_kernels():
-    try:
-        kernels.library()
-    except kernels.KernelUnavailable as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs the fused CPU kernels: {error}")
-        pytest.skip(f"fused CPU kernels unavailable: {error}")
+pytestmark = pytest.mark.usefixtures("require_kernels")
 
 
 def _decoded(fmt: str, weight: torch.Tensor, group_size: int | None):

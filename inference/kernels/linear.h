@@ -1,0 +1,211 @@
+/*
+ * The matmul machinery behind opslab_linear (linear_avx2.c) and the fused decoder (decoder_avx2.c):
+ * y[M, N] = x[M, K] @ W[N, K]^T (+ bias) (or y += ..., for a residual), W stored as float32, int8 or int4
+ * and decoded inside the matmul (x86-64, AVX2 + FMA, OpenMP work-sharing inside the caller's parallel
+ * region).
+ *
+ * Weight formats (row-major, one row per output feature):
+ *   F32   float32 [N, K]
+ *   INT8  int8 [N, K] with a float32 scale per row (groups == 0; applied to the dot product) or per
+ *         (row, group) of group_size values: W = q * scale
+ *   INT4  two 4-bit values per byte, K padded to the group size; in each block of 32 values, byte i holds
+ *         value i in its low nibble and value i + 16 in its high nibble; per (row, group) float32 scale and
+ *         min: W = q * scale + min
+ *
+ * Work split: the rows of W in blocks of ROWS, spread over the OpenMP threads (one pass over W in total).
+ *   M == 1: each row is decoded in registers, front to back. Grouped formats accumulate x . q per group
+ *           and apply the group's scale once (and, for INT4, min * sum(x over the group), from a per-call
+ *           table).
+ *   M >= 2: each block is decoded once into a per-thread float32 scratch (L1/L2 resident), then multiplied
+ *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound.
+ * x is processed in panels of at most MPANEL rows, so a panel of x stays in L2 while W streams past it.
+ * Loops walk row pointers and whole groups: no per-element index arithmetic in the inner loops.
+ */
+#ifndef OPSLAB_LINEAR_H
+#define OPSLAB_LINEAR_H
+
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "simd.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define ROWS 4
+#define MTILE 3
+#define MPANEL 48
+
+enum format { F32 = 0, INT8 = 1, INT4 = 2 };
+
+typedef struct {
+    const uint8_t *weight;
+    int64_t row_bytes;   /* bytes from one row of W to the next */
+    const float *scales; /* INT8: [N] or [N, groups]; INT4: [N, groups] */
+    const float *mins;   /* INT4: [N, groups] */
+    int64_t groups;      /* groups per row; 0 = one INT8 scale per row */
+    int64_t group_size;
+    const float *xsum;   /* INT4, M == 1: sum of x over each group */
+} weights_t;
+
+/* ---- decoding ---------------------------------------------------------------------------------------- */
+
+INLINE __m256 load_int8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* The 32 values of one INT4 block (16 bytes) as four vectors: values 0-7, 8-15, 16-23, 24-31. */
+INLINE void load_int4_block(const uint8_t *p, __m256 q[4]) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
+    __m128i low = _mm_and_si128(bytes, mask), high = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(low, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(high, 8)));
+}
+
+/* Row `row` of W as float32 into out[K] (scales and mins applied, except a per-row INT8 scale). */
+INLINE void decode_row(const weights_t *w, int format, int64_t row, int64_t K, float *out) {
+    const uint8_t *p = w->weight + row * w->row_bytes;
+    if (format == F32) {
+        for (int64_t k = 0; k < K; k += 8) _mm256_storeu_ps(out + k, _mm256_loadu_ps((const float *)p + k));
+    } else if (format == INT8 && !w->groups) {
+        for (int64_t k = 0; k < K; k += 8) _mm256_storeu_ps(out + k, load_int8(p + k));
+    } else {
+        const float *scales = w->scales + row * w->groups, *mins = format == INT4 ? w->mins + row * w->groups : 0;
+        for (int64_t g = 0, k0 = 0; k0 < K; g++, k0 += w->group_size) {
+            int64_t end = k0 + w->group_size < K ? k0 + w->group_size : K;
+            __m256 scale = _mm256_set1_ps(scales[g]);
+            if (format == INT8) {
+                for (int64_t k = k0; k < end; k += 8) _mm256_storeu_ps(out + k, _mm256_mul_ps(load_int8(p + k), scale));
+            } else {
+                __m256 min = _mm256_set1_ps(mins[g]), q[4];
+                for (int64_t k = k0; k < end; k += 32) {
+                    load_int4_block(p + k / 2, q);
+                    for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + k + 8 * i, _mm256_fmadd_ps(q[i], scale, min));
+                }
+            }
+        }
+    }
+}
+
+/* Four horizontal sums at once: (sum a, sum b, sum c, sum d). */
+INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    __m256 abcd = _mm256_hadd_ps(ab, cd);
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* Per-row INT8 scale and bias for the ROWS outputs starting at n, applied to their four dot products
+ * (added to what y holds when `accumulate`). */
+INLINE void store4(float *y, __m128 dots, const weights_t *w, int format, const float *bias, int64_t n,
+                   int accumulate) {
+    if (format == INT8 && !w->groups) dots = _mm_mul_ps(dots, _mm_loadu_ps(w->scales + n));
+    if (bias) dots = _mm_add_ps(dots, _mm_loadu_ps(bias + n));
+    if (accumulate) dots = _mm_add_ps(dots, _mm_loadu_ps(y));
+    _mm_storeu_ps(y, dots);
+}
+
+/* ---- M == 1: decode in registers ---------------------------------------------------------------------- */
+
+/* x . row `row` of W, reading the row front to back (one sequential stream per thread keeps the hardware
+ * prefetcher ahead; interleaving several rows halves the bandwidth here). Independent accumulators hide
+ * the FMA latency; grouped formats sum x . q over a group, then apply its scale (and min * sum(x)) once. */
+INLINE float row_dot(const float *x, int64_t K, const weights_t *w, int format, int64_t row) {
+    const uint8_t *p = w->weight + row * w->row_bytes;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    if (format == F32 || (format == INT8 && !w->groups)) {
+        int64_t k = 0;
+        for (; k + 32 <= K; k += 32)
+            for (int i = 0; i < 4; i++) {
+                const uint8_t *at = format == F32 ? p + 4 * (k + 8 * i) : p + k + 8 * i;
+                __m256 wv = format == F32 ? _mm256_loadu_ps((const float *)at) : load_int8(at);
+                acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * i), wv, acc[i]);
+            }
+        for (; k < K; k += 8)
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
+                                     format == F32 ? _mm256_loadu_ps((const float *)p + k) : load_int8(p + k), acc[0]);
+        float dot = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        return format == INT8 ? dot * w->scales[row] : dot;
+    }
+    const float *scales = w->scales + row * w->groups;
+    float extra = 0.0f;
+    for (int64_t g = 0, k0 = 0; k0 < K; g++, k0 += w->group_size) {
+        int64_t end = k0 + w->group_size < K ? k0 + w->group_size : K;
+        __m256 part[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, q[4];
+        for (int64_t k = k0; k < end; k += 32) {
+            if (format == INT4) load_int4_block(p + k / 2, q);
+            else for (int i = 0; i < 4; i++) q[i] = load_int8(p + k + 8 * i);
+            for (int i = 0; i < 4; i++) part[i & 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * i), q[i], part[i & 1]);
+        }
+        acc[g & 1] = _mm256_fmadd_ps(_mm256_add_ps(part[0], part[1]), _mm256_set1_ps(scales[g]), acc[g & 1]);
+        if (format == INT4) extra += w->mins[row * w->groups + g] * w->xsum[g];
+    }
+    return hsum(_mm256_add_ps(acc[0], acc[1])) + extra;
+}
+
+INLINE void block_gemv(const float *x, int64_t K, const weights_t *w, int format, const float *bias, int64_t n,
+                       float *y, int accumulate) {
+    for (int r = 0; r < ROWS; r++)
+        y[n + r] = row_dot(x, K, w, format, n + r) + (bias ? bias[n + r] : 0.0f) + (accumulate ? y[n + r] : 0.0f);
+}
+
+/* ---- M >= 2: decode once into scratch, then an fp32 micro-kernel -------------------------------------- */
+
+INLINE void tile(const float *x, int mrows, int64_t K, const float *block, const weights_t *w, int format,
+                 const float *bias, int64_t n, float *y, int64_t ldy, int accumulate) {
+    __m256 acc[MTILE][ROWS];
+    for (int m = 0; m < MTILE; m++)
+        for (int r = 0; r < ROWS; r++) acc[m][r] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+        __m256 xv[MTILE];
+        for (int m = 0; m < MTILE; m++) xv[m] = m < mrows ? _mm256_loadu_ps(x + m * K + k) : xv[0];
+        for (int r = 0; r < ROWS; r++) {
+            __m256 wv = _mm256_loadu_ps(block + r * K + k);
+            for (int m = 0; m < MTILE; m++)
+                if (m < mrows) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
+        }
+    }
+    for (int m = 0; m < mrows; m++)
+        store4(y + m * ldy + n, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]), w, format, bias, n,
+               accumulate);
+}
+
+INLINE void block_tiled(const float *x, int64_t M, int64_t K, const weights_t *w, int format, const float *bias,
+                        int64_t n, float *y, int64_t ldy, float *scratch, int accumulate) {
+    const float *block = scratch;
+    if (format == F32) block = (const float *)(w->weight + n * w->row_bytes);  /* already float32 rows */
+    else for (int r = 0; r < ROWS; r++) decode_row(w, format, n + r, K, scratch + r * K);
+    int64_t m = 0;
+    for (; m + MTILE <= M; m += MTILE)
+        tile(x + m * K, MTILE, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
+    if (M - m == 2) tile(x + m * K, 2, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
+    if (M - m == 1) tile(x + m * K, 1, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
+}
+
+/* xsum[g] = sum of x over group g (the INT4 min term at M == 1). */
+INLINE void group_sums(const float *x, int64_t K, int64_t groups, int64_t group_size, float *xsum) {
+    for (int64_t g = 0, k0 = 0; g < groups; g++, k0 += group_size) {
+        __m256 s = _mm256_setzero_ps();
+        for (int64_t k = k0; k < k0 + group_size && k < K; k += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + k));
+        xsum[g] = hsum(s);
+    }
+}
+
+/* ---- one pass over W, specialised per format --------------------------------------------------------- */
+
+/* The rows of W this thread owns, for every panel of x. Called inside a parallel region with a literal
+ * format, so each format gets its own fully specialised loop; returns after the threads' closing barrier.
+ * `scratch`: this thread's ROWS * K floats (M >= 2, INT8/INT4). */
+INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t *w, int format,
+                const float *bias, float *y, float *scratch, int accumulate) {
+    for (int64_t m0 = 0; m0 < M; m0 += MPANEL) {
+        int64_t rows = M - m0 < MPANEL ? M - m0 : MPANEL;
+        #pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n += ROWS) {
+            if (M == 1) block_gemv(x, K, w, format, bias, n, y, accumulate);
+            else block_tiled(x + m0 * K, rows, K, w, format, bias, n, y + m0 * N, N, scratch, accumulate);
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,69 @@
+"""The fused decode step (inference/kernels/decoder_avx2.c) against the per-operator module path: same
+tokens and log-probabilities for every weight format, with decodes batched, and steps that mix decodes
+with one-token prefill chunks; and the fallback for what it cannot take."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_llama import random_prompts
+from weights_helpers import quantized_model, save_tiny_hf
+
+from inference import LLM, SamplingParams
+from inference.config import EngineConfig
+from inference.kernels.decoder import FusedDecoder
+from inference.loaders import load_checkpoint
+from inference.quant import QuantConfig
+
+pytestmark = pytest.mark.usefixtures("require_kernels")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return load_checkpoint(save_tiny_hf(tmp_path_factory.mktemp("tiny"), vocab_size=260, attention_bias=True))
+
+
+# a budget of 4 tokens for 4 sequences makes steps where three decodes and a one-token prefill chunk meet
+CONFIG = EngineConfig(kv_block_size=4, max_num_batched_tokens=4, max_num_seqs=4, kv_cache_bytes=2**20)
+
+
+@pytest.mark.parametrize(("mode", "group_size"), [("none", 32), ("int8", 32), ("int4", 32), ("int4", 64)])
+def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size):
+    model = quantized_model(checkpoint, QuantConfig(mode, group_size=group_size))
+    fused, plain = LLM.from_model(model, None, CONFIG), LLM.from_model(model, None, CONFIG)
+    plain.engine.runner.fused_decoder = None
+    runner, steps = fused.engine.runner, []
+    run_fused = runner._run_fused_decode
+
+    def spy(chunks):
+        steps.append((len(chunks), sum(chunk.completes_sequence for chunk in chunks)))
+        return run_fused(chunks)
+
+    runner._run_fused_decode = spy
+    prompts = random_prompts([3, 9, 1, 14, 6, 2], vocab=256)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=3)
+    got, want = fused.generate(prompts, params), plain.generate(prompts, params)
+    for ours, reference in zip(got, want):
+        assert ours.token_ids == reference.token_ids
+        torch.testing.assert_close([lp.logprob for lp in ours.logprobs], [lp.logprob for lp in reference.logprobs],
+                                   rtol=1e-4, atol=1e-4)
+        assert [[t for t, _ in lp.top] for lp in ours.logprobs] == [[t for t, _ in lp.top] for lp in reference.logprobs]
+    assert any(count >= 4 for count, _ in steps)  # batched decodes
+    assert any(sampled < count for count, sampled in steps)  # a one-token prefill chunk rode along
+    assert fused.engine.block_manager.num_free_blocks == fused.engine.block_manager.num_blocks
+
+
+def test_the_module_path_runs_what_the_kernel_cannot_take(checkpoint, tmp_path, monkeypatch):
+    bfloat16 = LLM.from_model(quantized_model(checkpoint, QuantConfig("none")), None, CONFIG.replace(dtype="bfloat16"))
+    assert bfloat16.engine.runner.fused_decoder is None
+    odd_vocab = quantized_model(load_checkpoint(save_tiny_hf(tmp_path)), QuantConfig("none"))  # 258 logit rows
+    llm = LLM.from_model(odd_vocab, None, CONFIG)
+    assert llm.engine.runner.fused_decoder is None
+    assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, ignore_eos=True))[0].token_ids) == 3
+    monkeypatch.setenv("OPSLAB_FUSED_DECODE", "0")
+    assert LLM.from_model(quantized_model(checkpoint, QuantConfig("none")), None, CONFIG).engine.runner.fused_decoder is None
+    assert FusedDecoder.for_model(*_model_and_caches(checkpoint)) is None
+
+
+def _model_and_caches(checkpoint):
+    llm = LLM.from_model(quantized_model(checkpoint, QuantConfig("int8")), None, CONFIG)
+    return llm.engine.runner.model, llm.engine.runner.kv_caches
