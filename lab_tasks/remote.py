@@ -1,10 +1,13 @@
 """testinfra Hosts for the checks: over SSH through a fabric Connection, or on this machine."""
 from __future__ import annotations
 
+import codecs
 import socket
+from collections.abc import Callable, Iterator
 
 import testinfra
-from fabric import Connection
+from fabric import Config, Connection
+from fabric.runners import Remote
 from paramiko.ssh_exception import SSHException
 from testinfra.backend.base import BaseBackend, CommandResult
 from testinfra.host import Host
@@ -13,6 +16,20 @@ from lab_tasks.errors import LabError
 from lab_tasks.topology import HostInfo
 
 CONNECT_TIMEOUT_S = 10
+
+
+class WholeCharacterRemote(Remote):
+    """fabric's remote runner, decoding output incrementally: invoke decodes each 1000-byte read on its own,
+    so a UTF-8 character split between two reads came back as two U+FFFD (a file name like
+    `Főtanúsítvány.pem` read differently from one run to the next)."""
+
+    def read_proc_output(self, reader: Callable) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+        while data := reader(self.read_chunk_size):
+            if text := decoder.decode(data):
+                yield text
+        if tail := decoder.decode(b"", final=True):
+            yield tail
 
 
 class FabricBackend(BaseBackend):
@@ -26,6 +43,7 @@ class FabricBackend(BaseBackend):
         self.connection = Connection(
             host=info.address, user=info.user, port=info.port,
             connect_timeout=CONNECT_TIMEOUT_S, connect_kwargs=_key_kwargs(info),
+            config=Config(overrides={"runners": {"remote": WholeCharacterRemote}}),
         )
 
     def run(self, command: str, *args: str, **kwargs) -> CommandResult:
