@@ -17,7 +17,10 @@
  *           and apply the group's scale once (and, for INT4, min * sum(x over the group), from a per-call
  *           table).
  *   M >= 2: each block is decoded once into a per-thread float32 scratch (L1/L2 resident), then multiplied
- *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound.
+ *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound. Except INT8 with a scale per row
+ *           and M <= SMALL_M_MAX: there a weight row is decoded in registers once per MSMALL rows of x,
+ *           cheaper than the scratch round trip (for F32 nothing needs decoding; for the grouped formats the
+ *           per-group work makes registers the slower way, measured).
  * x is processed in panels of at most MPANEL rows, so a panel of x stays in L2 while W streams past it.
  * Loops walk row pointers and whole groups: no per-element index arithmetic in the inner loops.
  */
@@ -34,6 +37,8 @@
 #define ROWS 4
 #define MTILE 3
 #define MPANEL 48
+#define MSMALL 4       /* rows of x that share one in-register decode of a weight row */
+#define SMALL_M_MAX 8  /* INT8 per-row: up to this many rows of x, decode in registers (MSMALL rows at a time) */
 
 enum format { F32 = 0, INT8 = 1, INT4 = 2 };
 
@@ -149,7 +154,50 @@ INLINE void block_gemv(const float *x, int64_t K, const weights_t *w, int format
         y[n + r] = row_dot(x, K, w, format, n + r) + (bias ? bias[n + r] : 0.0f) + (accumulate ? y[n + r] : 0.0f);
 }
 
-/* ---- M >= 2: decode once into scratch, then an fp32 micro-kernel -------------------------------------- */
+/* ---- 2 <= M <= SMALL_M_MAX, INT8 with a scale per row: one decode in registers for MSMALL rows of x ---- */
+
+/* dots[m] = x[m] . row `row` of W for the mrows <= MSMALL rows of x (row stride K). Called with a literal
+ * mrows, so the 2 * mrows accumulators stay in registers. */
+INLINE void int8_rows_dot(const float *x, int mrows, int64_t K, const weights_t *w, int64_t row, float *dots) {
+    const uint8_t *p = w->weight + row * w->row_bytes;
+    __m256 acc[MSMALL][2];
+    for (int m = 0; m < mrows; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)
+        for (int h = 0; h < 2; h++) {
+            __m256 wv = load_int8(p + k + 8 * h);
+            for (int m = 0; m < mrows; m++)
+                acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k + 8 * h), wv, acc[m][h]);
+        }
+    if (k < K) {
+        __m256 wv = load_int8(p + k);
+        for (int m = 0; m < mrows; m++) acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wv, acc[m][0]);
+    }
+    for (int m = 0; m < mrows; m++) dots[m] = hsum(_mm256_add_ps(acc[m][0], acc[m][1])) * w->scales[row];
+}
+
+INLINE void block_int8_small(const float *x, int64_t M, int64_t K, const weights_t *w, const float *bias, int64_t n,
+                             float *y, int64_t ldy, int accumulate) {
+    for (int64_t m0 = 0; m0 < M; m0 += MSMALL) {
+        int mrows = M - m0 < MSMALL ? (int)(M - m0) : MSMALL;
+        const float *xs = x + m0 * K;
+        for (int r = 0; r < ROWS; r++) {
+            float dots[MSMALL];
+            switch (mrows) {
+            case 1: int8_rows_dot(xs, 1, K, w, n + r, dots); break;
+            case 2: int8_rows_dot(xs, 2, K, w, n + r, dots); break;
+            case 3: int8_rows_dot(xs, 3, K, w, n + r, dots); break;
+            default: int8_rows_dot(xs, MSMALL, K, w, n + r, dots);
+            }
+            for (int m = 0; m < mrows; m++) {
+                float *out = y + (m0 + m) * ldy + n + r;
+                *out = dots[m] + (bias ? bias[n + r] : 0.0f) + (accumulate ? *out : 0.0f);
+            }
+        }
+    }
+}
+
+/* ---- M > SMALL_M_MAX: decode once into scratch, then an fp32 micro-kernel -------------------------------------- */
 
 INLINE void tile(const float *x, int mrows, int64_t K, const float *block, const weights_t *w, int format,
                  const float *bias, int64_t n, float *y, int64_t ldy, int accumulate) {
@@ -195,7 +243,7 @@ INLINE void group_sums(const float *x, int64_t K, int64_t groups, int64_t group_
 
 /* The rows of W this thread owns, for every panel of x. Called inside a parallel region with a literal
  * format, so each format gets its own fully specialised loop; returns after the threads' closing barrier.
- * `scratch`: this thread's ROWS * K floats (M >= 2, INT8/INT4). */
+ * `scratch`: this thread's ROWS * K floats (M >= 2, INT8/INT4); INT4 with M == 1 needs w->xsum. */
 INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t *w, int format,
                 const float *bias, float *y, float *scratch, int accumulate) {
     for (int64_t m0 = 0; m0 < M; m0 += MPANEL) {
@@ -203,6 +251,8 @@ INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += ROWS) {
             if (M == 1) block_gemv(x, K, w, format, bias, n, y, accumulate);
+            else if (format == INT8 && !w->groups && M <= SMALL_M_MAX)
+                block_int8_small(x, M, K, w, bias, n, y, N, accumulate);
             else block_tiled(x + m0 * K, rows, K, w, format, bias, n, y + m0 * N, N, scratch, accumulate);
         }
     }

@@ -1,6 +1,6 @@
 """The fused AVX2 linear kernel (inference/kernels) against PyTorch on the same decoded weights: every
-weight format, row counts on both sides of the kernel's internal switches (1-2 rows in registers, tiles of
-3, panels of 48), bias or not; the modules' fallback for shapes the kernel does not take; whole-model
+weight format, row counts on both sides of the kernel's internal switches (1 row in registers, up to 8 for
+per-row int8, tiles of 3, panels of 48), bias or not; the modules' fallback for shapes the kernel does not take; whole-model
 logits with the kernels swapped in. Speed is measured by inference/benchmarks/quant_linear.py, not here."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from inference.loaders import load_checkpoint
 from inference.quant import (Int4Linear, Int8Linear, KernelLinear, QuantConfig, dequantize_int4,
                              dequantize_int8, quantize_int4, quantize_int8, use_cpu_kernels)
 
-ROW_COUNTS = [1, 2, 3, 4, 5, 7, 16, 50, 97]
+ROW_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 50, 97]
 
 
 pytestmark = pytest.mark.usefixtures("require_kernels")
