@@ -4,6 +4,8 @@ Engines (each in its own process, so peak RSS is its own; all on the same unique
 prefix-cache hits, EOS ignored so every request makes exactly --max-tokens tokens):
 - ours-fp32, ours-int8, ours-int4 (group 32): our engine, with the fused AVX2 kernels;
 - ours-fp32-torch: our engine on plain PyTorch ops (OPSLAB_CPU_KERNELS=0), the kernels' baseline;
+- ours-int8-per-op: int8 with the kernels called op by op from the modules (OPSLAB_FUSED_DECODE=0), the
+  baseline of the one-call decode step;
 - hf: HF transformers `generate` on the same (dequantized) weights, float32;
 - llama-cpp-python: llama.cpp in-process on the GGUF itself (batch 1 only: it runs one sequence at a time);
 - llama-server: llama.cpp's native server, `--parallel N -cb`, over HTTP on loopback.
@@ -90,15 +92,16 @@ def read_bandwidth_gb_s(threads: int, size_mb: int = 512) -> float:
 
 # ---- our engine ----
 
-OURS = {"ours-fp32": ("none", True), "ours-fp32-torch": ("none", False), "ours-int8": ("int8", True),
-        "ours-int4": ("int4", True)}  # variant: (quant, fused kernels)
+OURS = {"ours-fp32": ("none", {}), "ours-fp32-torch": ("none", {"OPSLAB_CPU_KERNELS": "0"}),
+        "ours-int8": ("int8", {}), "ours-int8-per-op": ("int8", {"OPSLAB_FUSED_DECODE": "0"}),
+        "ours-int4": ("int4", {})}  # variant: (quant, environment it runs under)
+BASELINES = ("ours-fp32-torch", "ours-int8-per-op")  # our own baselines: never count as ours in the targets
 INT4_GROUP_SIZE = 32  # SmolLM2's GGUF is Q4_1 over groups of 32: int4 g32 re-encodes it losslessly
 
 
 def bench_ours(config: BenchConfig, variant: str) -> EngineResult:
-    quant, fused = OURS[variant]
-    if not fused:
-        os.environ["OPSLAB_CPU_KERNELS"] = "0"  # read when the kernels are first used, in this process only
+    quant, environment = OURS[variant]
+    os.environ.update(environment)  # read when the kernels are first used, in this process only
     from inference.build import cached_engine
     from inference.config import SamplingParams
     from inference.engine import LLM
@@ -322,7 +325,7 @@ def targets(engines: dict[str, dict]) -> dict[str, dict]:
         values = [engines[n][key] for n in names if n in engines and engines[n][key] is not None]
         return pick(values) if values else None
 
-    ours = [name for name in OURS if name != "ours-fp32-torch"]
+    ours = [name for name in OURS if name not in BASELINES]
     llama_cpp = ("llama-cpp-python", "llama-server")
     values = {
         "concurrent_vs_llama_server": _ratio(best(ours, "output_tok_s_concurrent"),

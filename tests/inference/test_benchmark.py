@@ -9,7 +9,7 @@ from tiny_llama import hf_tiny
 from inference import benchmark
 from inference.tokenizer import Tokenizer
 
-OURS_AND_HF = ["ours-fp32", "ours-fp32-torch", "ours-int8", "ours-int4", "hf-transformers"]
+OURS_AND_HF = ["ours-fp32", "ours-fp32-torch", "ours-int8", "ours-int8-per-op", "ours-int4", "hf-transformers"]
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_targets_compare_the_best_of_ours_with_the_peers():
                 "fraction_of_roofline": roofline}
     targets = benchmark.targets({
         "ours-fp32": engine(30, 200, 150, roofline=0.65), "ours-int8": engine(120, 310, 120),
-        "ours-fp32-torch": engine(20, 900, 10),  # the baseline never counts as ours
+        "ours-fp32-torch": engine(20, 900, 10), "ours-int8-per-op": engine(200, 900, 10),  # baselines never count
         "hf-transformers": engine(13, 66, 222), "llama-cpp-python": engine(117, None, 239),
         "llama-server": engine(105, 150, 312)})
     assert targets["concurrent_vs_llama_server"]["value"] == pytest.approx(310 / 150)
