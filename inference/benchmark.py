@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -101,7 +102,25 @@ INT4_GROUP_SIZE = 32  # SmolLM2's GGUF is Q4_1 over groups of 32: int4 g32 re-en
 
 def bench_ours(config: BenchConfig, variant: str) -> EngineResult:
     quant, environment = OURS[variant]
-    os.environ.update(environment)  # read when the kernels are first used, in this process only
+    with _environment(environment):  # read when the engine loads; restored after (in-process runs, tests)
+        return _bench_ours(config, quant, variant)
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _bench_ours(config: BenchConfig, quant: str, variant: str) -> EngineResult:
     from inference.build import cached_engine
     from inference.config import SamplingParams
     from inference.engine import LLM

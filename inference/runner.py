@@ -105,8 +105,7 @@ class ModelRunner:
         positions = [chunk.seq.num_computed_tokens for chunk in chunks]
         logits = self.fused_decoder(
             token_ids=[chunk.seq.token_ids[p] for chunk, p in zip(chunks, positions)], positions=positions,
-            slots=[chunk.seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                   for chunk, p in zip(chunks, positions)],
+            slots=[self._slot(chunk.seq, p) for chunk, p in zip(chunks, positions)],
             block_tables=[chunk.seq.block_table for chunk in chunks], context_lens=[p + 1 for p in positions])
         rows = [i for i, chunk in enumerate(chunks) if chunk.completes_sequence]  # a 1-token prefill chunk may not
         if len(rows) < len(chunks):
@@ -127,8 +126,7 @@ class ModelRunner:
             span = range(start, start + chunk.num_new_tokens)
             input_ids.extend(seq.token_ids[span.start:span.stop])
             positions.extend(span)
-            slot_mapping.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                                for p in span)
+            slot_mapping.extend(self._slot(seq, p) for p in span)
             if chunk.completes_sequence:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(seq)
@@ -137,6 +135,10 @@ class ModelRunner:
             [c.seq.block_table for c in chunks], slot_mapping, self.block_size, self.device)
         return StepInputs(input_ids=self._tensor(input_ids), positions=self._tensor(positions), meta=meta,
                           logits_rows=self._tensor(logits_rows), sampled_seqs=sampled)
+
+    def _slot(self, seq: Sequence, position: int) -> int:
+        """The KV cache slot of the token at `position` of `seq`."""
+        return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device)

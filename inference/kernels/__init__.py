@@ -119,10 +119,16 @@ def _compiled() -> Path:
     return target
 
 
+def tiles(in_features: int, out_features: int, fmt: str, grouped: bool = False) -> bool:
+    """Whether the kernel's blocks fit a layer: out_features in blocks of ROWS rows, in_features in whole
+    vectors of 8, or whole blocks of 32 for int4 and grouped int8."""
+    return out_features % ROWS == 0 and in_features % (32 if fmt == "int4" or grouped else 8) == 0
+
+
 def supports(x: torch.Tensor, in_features: int, out_features: int, fmt: str) -> bool:
     """Whether `linear` can take this input and layer shape (otherwise use the PyTorch path)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and out_features % ROWS == 0
-            and in_features % (32 if fmt == "int4" else 8) == 0 and enabled())
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and tiles(in_features, out_features, fmt)
+            and enabled())
 
 
 def linear(x: torch.Tensor, fmt: str, weight: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,

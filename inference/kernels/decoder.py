@@ -117,7 +117,7 @@ class FusedDecoder:
             fmt, groups = "float32", 0
         else:
             raise Unsupported(f"no kernel for {type(module).__name__}")
-        if out_features % kernels.ROWS or in_features % (32 if fmt == "int4" or groups else 8):
+        if not kernels.tiles(in_features, out_features, fmt, grouped=bool(groups)):
             raise Unsupported(f"{fmt} layer {in_features}->{out_features} does not tile")
         weight = module.weight
         return LinearDesc(

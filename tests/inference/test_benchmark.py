@@ -21,8 +21,6 @@ def tiny_run(tmp_path, monkeypatch):
     monkeypatch.setenv("OPSLAB_PEERS_DIR", str(tmp_path / "no-peers"))
     monkeypatch.delenv("CI", raising=False)  # under CI=true a missing peer is an error (tested below)
     monkeypatch.setattr(benchmark, "run_isolated", lambda name, config: benchmark.RUNNERS[name](config))
-    for switch in ("OPSLAB_CPU_KERNELS", "OPSLAB_FUSED_DECODE"):  # baselines turn these off in-process: undo after
-        monkeypatch.setenv(switch, "1")
 
     def run(*extra: str) -> dict:
         return benchmark.main(["--gguf", str(tmp_path / "hf"), "--max-tokens", "3", "--concurrency", "2",
