@@ -93,13 +93,6 @@ INLINE void decode_row(const weights_t *w, int format, int64_t row, int64_t K, f
     }
 }
 
-/* Four horizontal sums at once: (sum a, sum b, sum c, sum d). */
-INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
-    __m256 abcd = _mm256_hadd_ps(ab, cd);
-    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
 /* Per-row INT8 scale and bias for the ROWS outputs starting at n, applied to their four dot products
  * (added to what y holds when `accumulate`). */
 INLINE void store4(float *y, __m128 dots, const weights_t *w, int format, const float *bias, int64_t n,
