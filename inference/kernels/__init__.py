@@ -139,6 +139,9 @@ def linear(x: torch.Tensor, fmt: str, weight: torch.Tensor, out_features: int, b
     "int4": weight uint8 [N, K_padded / 2] (block-32 nibble layout, see quant.pack_int4),
     scales and mins float32 [N, groups]. Every tensor must be contiguous.
     """
+    grouped = fmt == "int4" or (scales is not None and scales.dim() == 2)
+    if grouped and (group_size <= 0 or group_size % 32):
+        raise ValueError(f"grouped weights need a group_size that is a positive multiple of 32, got {group_size}")
     in_features = x.shape[-1]
     rows = x.reshape(-1, in_features).contiguous()
     out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)

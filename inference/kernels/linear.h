@@ -126,6 +126,17 @@ INLINE float row_dot(const float *x, int64_t K, const weights_t *w, int format, 
         return format == INT8 ? dot * w->scales[row] : dot;
     }
     const float *scales = w->scales + row * w->groups;
+    if (format == INT8) {  /* scale the decoded weights group by group: four independent FMA chains */
+        for (int64_t g = 0, k0 = 0; k0 < K; g++, k0 += w->group_size) {
+            int64_t end = k0 + w->group_size < K ? k0 + w->group_size : K;
+            __m256 scale = _mm256_broadcast_ss(scales + g);
+            for (int64_t k = k0; k < end; k += 32)
+                for (int i = 0; i < 4; i++)
+                    acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8 * i),
+                                             _mm256_mul_ps(load_int8(p + k + 8 * i), scale), acc[i]);
+        }
+        return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    }
     float extra = 0.0f;
     for (int64_t g = 0, k0 = 0; k0 < K; g++, k0 += w->group_size) {
         int64_t end = k0 + w->group_size < K ? k0 + w->group_size : K;

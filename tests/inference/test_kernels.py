@@ -38,7 +38,7 @@ def _decoded(fmt: str, weight: torch.Tensor, group_size: int | None):
 
 
 @pytest.mark.parametrize(("fmt", "group_size"), [("float32", None), ("int8", None), ("int8", 32),
-                                                 ("int4", 32), ("int4", 64), ("int4", 128)])
+                                                 ("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias):
     torch.manual_seed(0)
@@ -57,6 +57,14 @@ def test_kernel_keeps_leading_dimensions_and_takes_strided_input():
     x = torch.randn(64, 3, 2).transpose(0, 2)  # [2, 3, 64], not contiguous
     torch.testing.assert_close(kernels.linear(x, "float32", weight, 8), F.linear(x, weight), rtol=1e-5, atol=1e-5)
     assert kernels.linear(torch.empty(0, 64), "float32", weight, 8).shape == (0, 8)
+
+
+def test_grouped_scales_without_a_whole_block_group_size_are_refused():
+    weight = torch.randn(8, 64)
+    q, scales = quantize_int8(weight, 32)
+    for group_size in (0, 16):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            kernels.linear(torch.randn(1, 64), "int8", q, 8, scales=scales, group_size=group_size)
 
 
 def test_supports_only_shapes_and_inputs_the_kernel_takes():
