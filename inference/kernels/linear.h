@@ -13,9 +13,10 @@
  *         min: W = q * scale + min
  *
  * Work split: the rows of W in blocks of ROWS, spread over the OpenMP threads (one pass over W in total).
- *   M == 1: each row is decoded in registers, front to back. Grouped formats accumulate x . q per group
- *           and apply the group's scale once (and, for INT4, min * sum(x over the group), from a per-call
- *           table).
+ *   M == 1: each row is decoded in registers, front to back. Grouped INT8 scales the decoded weights as
+ *           it goes (four independent FMA chains: a per-group reduction chain was slower); INT4 accumulates
+ *           x . q per group and applies the group's scale once, plus min * sum(x over the group) from a
+ *           per-call table.
  *   M >= 2: each block is decoded once into a per-thread float32 scratch (L1/L2 resident), then multiplied
  *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound. Except INT8 with a scale per row
  *           and M <= SMALL_M_MAX: there a weight row is decoded in registers once per MSMALL rows of x,
@@ -107,7 +108,8 @@ INLINE void store4(float *y, __m128 dots, const weights_t *w, int format, const 
 
 /* x . row `row` of W, reading the row front to back (one sequential stream per thread keeps the hardware
  * prefetcher ahead; interleaving several rows halves the bandwidth here). Independent accumulators hide
- * the FMA latency; grouped formats sum x . q over a group, then apply its scale (and min * sum(x)) once. */
+ * the FMA latency; grouped INT8 scales each group's decoded weights, INT4 sums x . q over a group, then
+ * applies its scale and min * sum(x) once. */
 INLINE float row_dot(const float *x, int64_t K, const weights_t *w, int format, int64_t row) {
     const uint8_t *p = w->weight + row * w->row_bytes;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
