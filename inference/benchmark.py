@@ -79,15 +79,18 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def read_bandwidth_gb_s(threads: int, size_mb: int = 512) -> float:
-    """Sustained read bandwidth: a torch sum over a buffer much larger than the caches (median of 5)."""
+def read_bandwidth_gb_s(threads: int, device: str = "cpu", size_mb: int = 512) -> float:
+    """Sustained read bandwidth of the device the engines run on: a torch sum over a buffer much larger than
+    the caches (median of 5; 4 GiB on a GPU, whose L2 holds tens of MB)."""
     torch.set_num_threads(threads)
-    buffer = torch.ones(size_mb * 2**20 // 4)
+    size_mb = 4096 if device.startswith("cuda") else size_mb
+    buffer = torch.ones(size_mb * 2**20 // 4, device=device)
+    buffer.sum()
     times = []
     for _ in range(5):
-        start = time.perf_counter()
+        start = _sync_time(device)
         buffer.sum()
-        times.append(time.perf_counter() - start)
+        times.append(_sync_time(device) - start)
     return buffer.numel() * 4 / statistics.median(times) / 1e9
 
 
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, reason in skipped.items():
         print(f"SKIPPING {name}: {reason}")
     results = [run_isolated(name, config) for name in args.engines if name not in skipped]
-    report = summarize(results, read_bandwidth_gb_s(config.threads), config, skipped)
+    report = summarize(results, read_bandwidth_gb_s(config.threads, config.device), config, skipped)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.out / "benchmark.png")
