@@ -1,17 +1,25 @@
-"""Weight-only quantization, in two phases (gpt-fast style).
+"""Weight quantization, in two phases (gpt-fast style).
 
 Build time: `quantize_state_dict` turns selected linear weights into
   - int8: per-output-channel symmetric, `weight` int8 [out, in] + `scales` float32 [out];
+  - w8a8: int8's weights; at run time the activations going into each linear layer are quantized too,
+    per block of 32 values (symmetric, a scale per block, like GGUF's Q8_0 which llama.cpp applies to
+    activations on CPUs; see quantize_activations), so the matmul is int8 x int8. Not weight-only: it
+    trades a little accuracy (tests/inference/test_quant.py) for ~1.5x the multiply-adds per cycle of
+    float32 on AVX2;
   - int4: group-wise asymmetric (w = scale * q + min, q in 0..15, like GGUF Q4_1), two nibbles per byte:
     `weight` uint8 [out, in_padded / 2] + `scales`, `mins` float16 [out, in_padded / group_size].
     `in_padded` rounds in_features up to the group size (576 features with group 128 -> 640).
 The output head (also when it is tied to the embedding) is stored as int8 with one scale per 32 weights
-(GGUF's Q8_0 code) in both modes unless `quantize_head` is off: it is a fifth of SmolLM2's weights and
-every decode step reads all of it; SmolLM2's embedding is Q8_0 already, so this loses nothing there.
+(GGUF's Q8_0 code) in every mode unless `quantize_head` is off: it is a fifth of SmolLM2's weights and
+every decode step reads all of it; SmolLM2's embedding is Q8_0 already, so this loses nothing there. The
+head keeps float activations in w8a8 too (int8 ones cost SmolLM2 about a point of top-1 agreement and
+saved ~1.5 % of a decode step).
 Run time: `convert_for_runtime` swaps those nn.Linear modules for Int8Linear / Int4Linear. On a CPU with
 float32 activations they run the fused AVX2 kernel (inference/kernels), which decodes the weights inside
-the matmul; elsewhere they dequantize to the activation dtype and call F.linear. `use_cpu_kernels` gives
-float32 nn.Linear layers the same kernel.
+the matmul (in w8a8: quantizes the activations and multiplies int8 by int8); elsewhere they dequantize to
+the activation dtype and call F.linear (w8a8 first rounds the activations the way the kernel does).
+`use_cpu_kernels` gives float32 nn.Linear layers the same kernel.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from torch import nn
 
 from inference import kernels
 
-QUANT_MODES = ("none", "int8", "int4")
+QUANT_MODES = ("none", "int8", "int4", "w8a8")
+ACTIVATION_BLOCK = 32  # w8a8: activations per scale
 GROUP_SIZES = (32, 64, 128)
 HEAD = "lm_head"
 HEAD_GROUP_SIZE = 32
@@ -37,7 +46,7 @@ class QuantConfig:
 
     mode: str = "none"
     group_size: int = 128  # int4 only
-    quantize_head: bool = True  # int8 output head in the int8 and int4 modes
+    quantize_head: bool = True  # int8 output head in the int8, int4 and w8a8 modes
 
     def __post_init__(self) -> None:
         if self.mode not in QUANT_MODES:
@@ -67,6 +76,36 @@ def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[
 def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     groups = q.reshape(q.shape[0], scales.reshape(q.shape[0], -1).shape[1], -1)
     return (groups.to(dtype) * scales.to(dtype).reshape(q.shape[0], -1, 1)).reshape(q.shape)
+
+
+def multiplier_bits(width: int) -> int:
+    """Bits of the w8a8 block multipliers for rows of `width` values (linear.h's multiplier_bits): the most,
+    up to 14, that keep the kernel's int32 sums (width / 8 products of at most 127 * 127 per lane, times a
+    multiplier) from overflowing."""
+    bits = 0
+    while bits < 14 and (width // 8) * 127 * 127 * 2 ** (bits + 1) < 2**31 - 1:
+        bits += 1
+    return bits
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """float32 x rounded the way the w8a8 kernel rounds it, and scaled back. Per row: scale = max |x| /
+    (127 * 2^bits); per block of ACTIVATION_BLOCK values: an integer multiplier = ceil(2^bits * block max /
+    row max) and int8 values = round(x / (scale * multiplier)). So each block gets its own int8 range (like
+    GGUF's Q8_0), and its scale is an integer multiple of the row's, which lets the kernel sum a whole row in
+    int32."""
+    width = x.shape[-1]
+    padded = -(-width // ACTIVATION_BLOCK) * ACTIVATION_BLOCK
+    blocks = F.pad(x.float(), (0, padded - width)).reshape(*x.shape[:-1], -1, ACTIVATION_BLOCK)
+    steps = float(2 ** multiplier_bits(padded))
+    block_max = blocks.abs().amax(dim=-1, keepdim=True)
+    row_max = block_max.amax(dim=-2, keepdim=True)
+    empty = row_max == 0
+    safe_max = torch.where(empty, 1.0, row_max)
+    multipliers = torch.where(empty, 1.0, torch.ceil(steps * block_max / safe_max).clamp(min=1.0))
+    q = torch.round(blocks * torch.where(empty, 0.0, 127.0 * steps / (safe_max * multipliers)))
+    rounded = q * multipliers * (row_max / (127.0 * steps))
+    return rounded.reshape(*x.shape[:-1], padded)[..., :width].to(x.dtype)
 
 
 # ---- int4 ---------------------------------------------------------------------------------------
@@ -107,21 +146,28 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, mins: torch.Tens
 
 # ---- runtime modules ----------------------------------------------------------------------------
 class Int8Linear(nn.Module):
-    """y = x @ (W * scales)^T (+ bias), W stored as int8 with a scale per row or per group of a row."""
+    """y = x @ (W * scales)^T (+ bias), W stored as int8 with a scale per row or per group of a row; with
+    `int8_activations` (w8a8, a scale per row only), x is rounded to int8 per block of 32 first."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int | None = None,
-                 device=None) -> None:
+                 int8_activations: bool = False, device=None) -> None:
         super().__init__()
+        if int8_activations and group_size is not None:
+            raise ValueError("int8 activations take int8 weights with one scale per row")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.int8_activations = int8_activations
         scales_shape = (out_features,) if group_size is None else (out_features, in_features // group_size)
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(scales_shape, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scales.dtype == torch.float32 and kernels.supports(x, self.in_features, self.out_features, "int8"):
-            return kernels.linear(x, "int8", self.weight, self.out_features, self.bias, self.scales,
+        fmt = "w8a8" if self.int8_activations else "int8"
+        if self.scales.dtype == torch.float32 and kernels.supports(x, self.in_features, self.out_features, fmt):
+            return kernels.linear(x, fmt, self.weight, self.out_features, self.bias, self.scales,
                                   group_size=self.group_size or 0)
+        if self.int8_activations:
+            x = quantize_activations(x)
         if self.group_size is not None:
             weight = dequantize_int8(self.weight, self.scales, x.dtype)
             return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
@@ -213,7 +259,7 @@ def quantize_state_dict(state_dict: dict[str, torch.Tensor], config: QuantConfig
                 head, head_group_size(head.shape[1]))
     for name in names:
         weight = quantized.pop(f"{name}.weight")
-        if config.mode == "int8":
+        if config.mode in ("int8", "w8a8"):
             quantized[f"{name}.weight"], quantized[f"{name}.scales"] = quantize_int8(weight)
         else:
             packed, scales, mins = quantize_int4(weight, config.group_size)
@@ -230,9 +276,9 @@ def convert_for_runtime(model: nn.Module, config: QuantConfig, names: list[str])
     """Swap the named nn.Linear modules for quantized ones (in place, on the weight's device; meta is fine)."""
     if config.mode == "none":
         return model
-    device = next(model.parameters()).device
+    device, int8_activations = next(model.parameters()).device, config.mode == "w8a8"
     for name in names:
-        if name == HEAD:  # int8 in every mode; a tied model has no head module yet
+        if name == HEAD:  # weight-only int8 in every mode; a tied model has no head module yet
             hidden = model.config.hidden_size
             head = Int8Linear(hidden, model.config.vocab_size, bias=False, group_size=head_group_size(hidden),
                               device=device)
@@ -240,6 +286,6 @@ def convert_for_runtime(model: nn.Module, config: QuantConfig, names: list[str])
             continue
         linear = model.get_submodule(name)
         args = (linear.in_features, linear.out_features, linear.bias is not None)
-        _replace(model, name, Int8Linear(*args, device=device) if config.mode == "int8"
-                 else Int4Linear(*args, group_size=config.group_size, device=device))
+        _replace(model, name, Int4Linear(*args, group_size=config.group_size, device=device) if config.mode == "int4"
+                 else Int8Linear(*args, int8_activations=int8_activations, device=device))
     return model

@@ -1,6 +1,7 @@
 """Fused CPU kernels, compiled with the system C compiler on first use and loaded with ctypes:
-- `linear()` (linear_avx2.c): decodes float32 / int8 / int4 weights inside one AVX2 matmul. PyTorch's own
-  weight-only kernels are not vectorised for AVX2 CPUs, and dequantize-then-F.linear reads the weights twice;
+- `linear()` (linear_avx2.c): decodes float32 / int8 / int4 weights inside one AVX2 matmul, or multiplies
+  int8 weights with x quantized to int8 on the fly ("w8a8"). PyTorch's own weight-only kernels are not
+  vectorised for AVX2 CPUs, and dequantize-then-F.linear reads the weights twice;
 - `paged_decode_attention()` (attention_avx2.c): one query per sequence against its keys and values read in
   place through the block table, where the PyTorch path first gathers a dense copy of them per layer;
 - `rotary()`, `silu_mul()` and `rms_norm()` (elementwise_avx2.c): one pass each where PyTorch takes 3-8 ops
@@ -35,7 +36,7 @@ HEADERS = tuple(Path(__file__).with_name(name) for name in ("simd.h", "linear.h"
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-Wall")
 LIBS = ("-lm",)
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
-FORMATS = {"float32": 0, "int8": 1, "int4": 2}
+FORMATS = {"float32": 0, "int8": 1, "int4": 2, "w8a8": 3}
 ROWS = 4  # output rows per block in the kernel: out_features must be a multiple
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ def _compiled() -> Path:
 
 def tiles(in_features: int, out_features: int, fmt: str, grouped: bool = False) -> bool:
     """Whether the kernel's blocks fit a layer: out_features in blocks of ROWS rows, in_features in whole
-    vectors of 8, or whole blocks of 32 for int4 and grouped int8."""
-    return out_features % ROWS == 0 and in_features % (32 if fmt == "int4" or grouped else 8) == 0
+    vectors of 8, or whole blocks of 32 for int4, w8a8 and grouped int8."""
+    return out_features % ROWS == 0 and in_features % (32 if fmt in ("int4", "w8a8") or grouped else 8) == 0
 
 
 def supports(x: torch.Tensor, in_features: int, out_features: int, fmt: str) -> bool:
@@ -137,9 +138,12 @@ def linear(x: torch.Tensor, fmt: str, weight: torch.Tensor, out_features: int, b
 
     fmt "float32": weight [N, K]; "int8": weight int8 [N, K], scales float32 [N] (per row) or [N, groups];
     "int4": weight uint8 [N, K_padded / 2] (block-32 nibble layout, see quant.pack_int4),
-    scales and mins float32 [N, groups]. Every tensor must be contiguous.
+    scales and mins float32 [N, groups]; "w8a8": int8 weights with a scale per row, x quantized to int8 per
+    block of 32 (quant.quantize_activations does the same in PyTorch). Every tensor must be contiguous.
     """
     grouped = fmt == "int4" or (scales is not None and scales.dim() == 2)
+    if fmt == "w8a8" and grouped:
+        raise ValueError("w8a8 takes int8 weights with one scale per row, not per group")
     if grouped and (group_size <= 0 or group_size % 32):
         raise ValueError(f"grouped weights need a group_size that is a positive multiple of 32, got {group_size}")
     in_features = x.shape[-1]

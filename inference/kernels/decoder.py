@@ -106,13 +106,16 @@ class FusedDecoder:
         return tensor.data_ptr()
 
     def _linear(self, module: nn.Module) -> LinearDesc:
-        """The C description of a float32 nn.Linear, an Int8Linear or an Int4Linear (float32 scales)."""
+        """The C description of a float32 nn.Linear, an Int8Linear (w8a8 too) or an Int4Linear (float32 scales)."""
         in_features, out_features = module.in_features, module.out_features
         bias = None if module.bias is None else self._address(module.bias)
         if isinstance(module, Int4Linear):
             fmt, groups = "int4", module.scales.shape[1]
         elif isinstance(module, Int8Linear):
-            fmt, groups = "int8", 0 if module.group_size is None else module.scales.shape[1]
+            fmt = "w8a8" if module.int8_activations else "int8"
+            groups = 0 if module.group_size is None else module.scales.shape[1]
+            if fmt == "w8a8" and groups:
+                raise Unsupported("w8a8 with a scale per group")
         elif isinstance(module, nn.Linear):
             fmt, groups = "float32", 0
         else:

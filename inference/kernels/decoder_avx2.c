@@ -49,20 +49,22 @@ typedef struct {
     const layer_desc *layers;
 } decoder_desc;
 
-/* y (+)= x @ W^T inside the parallel region; `xsum`: this thread's table for the INT4 min term. */
+/* y (+)= x @ W^T inside the parallel region; `xsum`: this thread's table for the INT4 min term; `xq`: the
+ * shared room for x quantized (W8A8). */
 static inline void linear(const float *x, int64_t M, const linear_desc *L, float *y, float *scratch, float *xsum,
-                          int accumulate) {
+                          const act8_t *xq, int accumulate) {
     weights_t w = {L->weight, L->row_bytes, L->scales, L->mins, L->groups, L->group_size, NULL};
     int64_t K = L->in_features, N = L->out_features;
     switch (L->format) {
-    case F32: run(x, M, K, N, &w, F32, L->bias, y, scratch, accumulate); break;
-    case INT8: run(x, M, K, N, &w, INT8, L->bias, y, scratch, accumulate); break;
+    case F32: run(x, M, K, N, &w, F32, L->bias, y, scratch, NULL, accumulate); break;
+    case INT8: run(x, M, K, N, &w, INT8, L->bias, y, scratch, NULL, accumulate); break;
+    case W8A8: run(x, M, K, N, &w, W8A8, L->bias, y, NULL, xq, accumulate); break;
     default:
         if (M == 1) {
             group_sums(x, K, L->groups, L->group_size, xsum);
             w.xsum = xsum;
         }
-        run(x, M, K, N, &w, INT4, L->bias, y, scratch, accumulate);
+        run(x, M, K, N, &w, INT4, L->bias, y, scratch, NULL, accumulate);
     }
 }
 
@@ -90,14 +92,21 @@ int opslab_decode_step(const decoder_desc *model, int64_t M, const int64_t *toke
     int64_t qkv_size = (heads + 2 * kvh) * d, I = model->intermediate, group = heads / kvh;
     int64_t token_stride = kvh * d, max_k = max_in_features(model), scores_stride = (max_context + 7) / 8 * 8;
     float scale = 1.0f / sqrtf((float)d);
-    /* shared activations, then per-thread scratch: decoded weight rows, INT4 group sums, attention scores */
-    int64_t shared = M * (2 * H + qkv_size + heads * d + 3 * I + 2 * half);
+    /* shared activations and quantized x (W8A8: a float per row, 2 bytes per value and an int16 per block of
+     * them, counted in floats), then per-thread scratch: decoded weight rows, INT4 group sums, attention scores */
+    int64_t activations = M * (2 * H + qkv_size + heads * d + 3 * I + 2 * half);
+    int64_t quantized = M + M * max_k / 2 + (M * (max_k / QBLOCK) + 1) / 2;
+    int64_t shared = activations + quantized;
     int64_t per_thread = (ROWS * max_k + max_k + group * scores_stride + 15) / 16 * 16;
     int threads = omp_get_max_threads();
     float *memory = aligned_alloc(64, ((size_t)(shared + threads * per_thread) * sizeof(float) + 63) / 64 * 64);
     if (!memory) return -1;
     float *x = memory, *xn = x + M * H, *qkv = xn + M * H, *attn = qkv + M * qkv_size, *gate_up = attn + M * heads * d;
     float *act = gate_up + 2 * M * I, *cos = act + M * I, *sin = cos + M * half;
+    float *row_scales = memory + activations;
+    int16_t *multipliers = (int16_t *)(row_scales + M);
+    int8_t *values = (int8_t *)(multipliers + M * (max_k / QBLOCK));
+    act8_t xq = {values, values + M * max_k, multipliers, row_scales};
     float *thread_memory = memory + (shared + 15) / 16 * 16;
 
     #pragma omp parallel num_threads(threads)
@@ -117,7 +126,7 @@ int opslab_decode_step(const decoder_desc *model, int64_t M, const int64_t *toke
         for (int64_t l = 0; l < model->num_layers; l++) {
             const layer_desc *layer = model->layers + l;
             norm_rows(x, M, H, layer->input_norm, model->eps, xn);
-            linear(xn, M, &layer->qkv, qkv, scratch, xsum, 0);
+            linear(xn, M, &layer->qkv, qkv, scratch, xsum, &xq, 0);
 
             /* rotate the query and key heads; store the token's keys and values at its cache slot */
             #pragma omp for schedule(static)
@@ -138,20 +147,20 @@ int opslab_decode_step(const decoder_desc *model, int64_t M, const int64_t *toke
                                layer->value_cache, model->block_size, block_tables + m * table_stride,
                                context_lens[m], scale, scores, scores_stride, attn + m * heads * d + first_head);
             }
-            linear(attn, M, &layer->o, x, scratch, xsum, 1);
+            linear(attn, M, &layer->o, x, scratch, xsum, &xq, 1);
 
             norm_rows(x, M, H, layer->post_attention_norm, model->eps, xn);
-            linear(xn, M, &layer->gate_up, gate_up, scratch, xsum, 0);
+            linear(xn, M, &layer->gate_up, gate_up, scratch, xsum, &xq, 0);
             #pragma omp for schedule(static)
             for (int64_t task = 0; task < M * (I / 8); task++) {
                 int64_t m = task / (I / 8), i = task % (I / 8) * 8;
                 const float *gate = gate_up + m * 2 * I + i;
                 _mm256_storeu_ps(act + m * I + i, silu_mul8(_mm256_loadu_ps(gate), _mm256_loadu_ps(gate + I)));
             }
-            linear(act, M, &layer->down, x, scratch, xsum, 1);
+            linear(act, M, &layer->down, x, scratch, xsum, &xq, 1);
         }
         norm_rows(x, M, H, model->final_norm, model->eps, xn);
-        linear(xn, M, &model->head, logits, scratch, xsum, 0);
+        linear(xn, M, &model->head, logits, scratch, xsum, &xq, 0);
     }
     free(memory);
     return 0;

@@ -44,13 +44,15 @@ def test_engine_config_records_model_quant_runtime_and_source(tmp_path, tiny_hf_
     assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
 
 
-@pytest.mark.parametrize(("quant", "module_type"), [("int8", Int8Linear), ("int4", Int4Linear)])
+@pytest.mark.parametrize(("quant", "module_type"), [("int8", Int8Linear), ("int4", Int4Linear), ("w8a8", Int8Linear)])
 def test_quantized_engine_round_trip_keeps_quantized_modules(tmp_path, tiny_hf_dir, quant, module_type):
     """The loaded engine equals the in-memory quantized model exactly (quant accuracy: test_quant.py)."""
     build_engine(tiny_hf_dir, tmp_path, quant=quant, group_size=32)
     _, model, _ = load_engine(tmp_path)
-    assert isinstance(model.model.layers[0].self_attn.qkv_proj, module_type)
+    layer = model.model.layers[0].self_attn.qkv_proj
+    assert isinstance(layer, module_type) and getattr(layer, "int8_activations", False) == (quant == "w8a8")
     assert isinstance(model.lm_head, Int8Linear) and model.lm_head.group_size == 32  # the head: int8 (Q8_0 code)
+    assert not model.lm_head.int8_activations
     expected = logits_of(quantized_model(load_checkpoint(tiny_hf_dir), QuantConfig(quant, 32)), IDS)
     torch.testing.assert_close(logits_of(model, IDS), expected, rtol=0, atol=0)
 

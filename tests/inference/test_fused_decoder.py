@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory):
 CONFIG = EngineConfig(kv_block_size=4, max_num_batched_tokens=4, max_num_seqs=4, kv_cache_bytes=2**20)
 
 
-@pytest.mark.parametrize(("mode", "group_size"), [("none", 32), ("int8", 32), ("int4", 32), ("int4", 64)])
+@pytest.mark.parametrize(("mode", "group_size"), [("none", 32), ("int8", 32), ("int4", 32), ("int4", 64), ("w8a8", 32)])
 def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size):
     model = quantized_model(checkpoint, QuantConfig(mode, group_size=group_size))
     fused, plain = LLM.from_model(model, None, CONFIG), LLM.from_model(model, None, CONFIG)

@@ -17,7 +17,8 @@ from weights_helpers import logits_of, quantized_model, save_tiny_hf
 from inference import kernels
 from inference.loaders import load_checkpoint
 from inference.quant import (Int4Linear, Int8Linear, KernelLinear, QuantConfig, dequantize_int4,
-                             dequantize_int8, quantize_int4, quantize_int8, use_cpu_kernels)
+                             dequantize_int8, quantize_activations, quantize_int4, quantize_int8,
+                             use_cpu_kernels)
 
 ROW_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 50, 97]
 
@@ -52,6 +53,24 @@ def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias):
         torch.testing.assert_close(got, F.linear(x, decoded, b), rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
 
 
+@pytest.mark.parametrize("in_features", [64, 576, 1536])
+def test_w8a8_kernel_equals_pytorch_on_the_rounded_activations(in_features):
+    """int8 x int8 with int32 sums: exactly the float math on quant.quantize_activations' values, also for an
+    outlier block (its row's other blocks keep their own range), an all-zero row and a row of tiny values."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(36, in_features) * 0.05, torch.randn(36)
+    q, scales = quantize_int8(weight)
+    decoded = dequantize_int8(q, scales, torch.float64)
+    for rows in ROW_COUNTS:
+        x = torch.randn(rows, in_features)
+        x[0, :32] *= 100
+        if rows > 2:
+            x[1], x[2] = 0.0, x[2] * 1e-30
+        got = kernels.linear(x, "w8a8", q, 36, bias, scales)
+        want = F.linear(quantize_activations(x).double(), decoded, bias.double()).float()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
+
+
 def test_kernel_keeps_leading_dimensions_and_takes_strided_input():
     weight = torch.randn(8, 64)
     x = torch.randn(64, 3, 2).transpose(0, 2)  # [2, 3, 64], not contiguous
@@ -67,11 +86,20 @@ def test_grouped_scales_without_a_whole_block_group_size_are_refused():
             kernels.linear(torch.randn(1, 64), "int8", q, 8, scales=scales, group_size=group_size)
 
 
+def test_w8a8_with_group_scales_is_refused():
+    q, scales = quantize_int8(torch.randn(8, 64), 32)
+    with pytest.raises(ValueError, match="one scale per row"):
+        kernels.linear(torch.randn(1, 64), "w8a8", q, 8, scales=scales, group_size=32)
+    with pytest.raises(ValueError, match="one scale per row"):
+        Int8Linear(64, 8, bias=False, group_size=32, int8_activations=True)
+
+
 def test_supports_only_shapes_and_inputs_the_kernel_takes():
     x = torch.randn(1, 64)
     assert kernels.supports(x, 64, 8, "int4")
     assert not kernels.supports(x, 64, 6, "int8")  # out_features not a multiple of 4 rows
     assert not kernels.supports(torch.randn(1, 40), 40, 8, "int4")  # in_features not a multiple of 32
+    assert not kernels.supports(torch.randn(1, 40), 40, 8, "w8a8")
     assert not kernels.supports(x.bfloat16(), 64, 8, "float32")
 
 
@@ -95,6 +123,17 @@ def test_modules_fall_back_to_pytorch_for_shapes_the_kernel_does_not_take(module
     x = torch.randn(3, 64)
     with torch.inference_mode():
         torch.testing.assert_close(module(x), F.linear(x, reference, linear.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_w8a8_module_rounds_activations_like_the_kernel_on_the_pytorch_path():
+    torch.manual_seed(0)
+    module = Int8Linear(64, 6, bias=False, int8_activations=True)  # 6 outputs: the PyTorch path
+    q, scales = quantize_int8(torch.randn(6, 64))
+    module.load_state_dict({"weight": q, "scales": scales})
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        want = F.linear(quantize_activations(x), dequantize_int8(q, scales, torch.float32))
+        torch.testing.assert_close(module(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_model_logits_are_unchanged_by_the_kernels(tmp_path):

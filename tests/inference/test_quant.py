@@ -1,13 +1,17 @@
-"""Weight-only quantization: round-trip error bounds, packed storage, runtime modules vs a reference
-dequantization, and quality on SmolLM2.
+"""Quantization: round-trip error bounds, packed storage, runtime modules vs a reference dequantization,
+the w8a8 activation rounding, and quality on SmolLM2.
 
 Quality metric (SmolLM2, teacher-forced over QUALITY_TEXT): top-1 agreement = share of positions where
 the quantized model's argmax next token equals the float32 model's; perplexity of the text under each.
 Measured (159 tokens, fp32 perplexity 31.72): int8 agreement 0.975, perplexity 31.67; int4 group 32
 1.000 / 31.72 -- lossless here, because the GGUF weights already are Q4_1, the same asymmetric 4-bit code
 over the same 32-element groups; int4 group 64 0.711 / 44.87; group 128 0.648 / 55.30 (re-quantizing a
-135M model's Q4_1 weights onto coarser groups costs a lot). Bounds: int8 >= 97% agreement (the issue's bar)
-and perplexity within 5%; the int4 bounds sit just under the measured numbers.
+135M model's Q4_1 weights onto coarser groups costs a lot); w8a8 (int8's weights, activations rounded to
+int8 per block of 32) 0.981 / 31.76 through the kernel, 0.962 / 31.66 on the PyTorch path (the two round a
+few activations that sit on a rounding boundary differently, and 159 tokens is a small sample: over 1695
+tokens of this text plus three of the repository's documents, PyTorch path, int8 0.974 and w8a8 0.963,
+perplexity +0.2 % and +0.5 %). Bounds: int8 >= 97% agreement (the
+issue's bar) and perplexity within 5%; the int4 and w8a8 bounds sit just under the measured numbers.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from torch import nn
 from weights_helpers import logits_of, quantized_model
 
 from inference.quant import (Int4Linear, Int8Linear, QuantConfig, convert_for_runtime, dequantize_int4,
-                             dequantize_int8, pack_int4, quantize_int4, quantize_int8, quantize_state_dict,
-                             quantized_names, unpack_int4)
+                             dequantize_int8, multiplier_bits, pack_int4, quantize_activations, quantize_int4,
+                             quantize_int8, quantize_state_dict, quantized_names, unpack_int4)
 
 
 def test_int8_round_trip_error_is_at_most_half_a_step():
@@ -52,6 +56,24 @@ def test_int4_round_trip_error_is_at_most_half_a_step(group_size):
     step = scales.float().repeat_interleave(group_size, dim=1)[:, :576]
     assert restored.shape == weight.shape
     assert ((restored - weight).abs() <= step / 2 + 2e-3).all()  # + the float16 rounding of the group min
+
+
+def test_w8a8_activations_round_each_block_within_its_own_int8_range():
+    """Each block of 32 gets a step of about its own max / 127 (its scale is the row's times an integer
+    multiplier, rounded up): an outlier block does not flatten its row's small blocks; zeros stay zeros."""
+    x = torch.randn(4, 96)
+    x[0, :32] *= 1000.0
+    x[1] = 0.0
+    rounded = quantize_activations(x)
+    steps = 2 ** multiplier_bits(96)
+    block_max = x.reshape(4, 3, 32).abs().amax(dim=2, keepdim=True)
+    row_max = block_max.amax(dim=1, keepdim=True)
+    step = block_max / 127 + row_max / (127 * steps)  # the multiplier's rounding up adds at most one row step
+    error = (rounded - x).reshape(4, 3, 32).abs()
+    assert (error <= step / 2 + 1e-6).all()
+    assert torch.equal(rounded[1], x[1])
+    assert (error[0, 1:] < 0.001 * row_max[0] / 127).all()  # 1000x finer than one scale for the whole row
+    assert multiplier_bits(576) == 10 and multiplier_bits(1536) == 9 and multiplier_bits(64) == 14
 
 
 def _quantized_layer(linear: nn.Linear, config: QuantConfig) -> nn.Module:
@@ -125,7 +147,8 @@ def quality_reference(smollm2_checkpoint, smollm2_model):
     (QuantConfig("int8"), 0.97, 1.05),
     (QuantConfig("int4", 32), 0.99, 1.01),
     (QuantConfig("int4", 128), 0.62, 1.8),
-], ids=["int8", "int4-g32", "int4-g128"])
+    (QuantConfig("w8a8"), 0.95, 1.02),
+], ids=["int8", "int4-g32", "int4-g128", "w8a8"])
 def test_quantized_smollm2_stays_close_to_float32(smollm2_checkpoint, quality_reference, config,
                                                   min_agreement, max_ppl_ratio):
     ids, reference = quality_reference
