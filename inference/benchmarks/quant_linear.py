@@ -3,7 +3,8 @@
     python -m inference.benchmarks.quant_linear [--threads 2] [--repeats 100] [--out results/quant_linear.json]
 
 Paths, for each (out, in) shape and row count M: MKL fp32 `F.linear` (the baseline every ratio divides by);
-the fused AVX2 kernel on fp32, int8 and int4-g32 weights (inference/kernels); the PyTorch way to run
+the fused AVX2 kernel on fp32, int8 and int4-g32 weights, and int8 weights times int8 activations (w8a8)
+(inference/kernels); the PyTorch way to run
 quantized weights (dequantize, then `F.linear`); torch's packed CPU kernels (`torch._weight_int8pack_mm`,
 `aten._weight_int4pack_mm_for_cpu`). Prints a table of median ms and speed-up vs fp32, writes JSON.
 """
@@ -47,6 +48,7 @@ def paths(weight: torch.Tensor) -> dict[str, tuple]:
         "int8 fused": (lambda x: kernels.linear(x, "int8", q8, out_features, scales=s8), q8.numel() + s8.numel() * 4),
         "int4 fused": (lambda x: kernels.linear(x, "int4", p4, out_features, scales=s4, mins=m4, group_size=32),
                        p4.numel() + s4.numel() * 8),
+        "w8a8 fused": (lambda x: kernels.linear(x, "w8a8", q8, out_features, scales=s8), q8.numel() + s8.numel() * 4),
         "int8 dequant+F.linear": (lambda x: F.linear(x, dequantize_int8(q8, s8, torch.float32)), q8.numel()),
         "int4 dequant+F.linear": (lambda x: F.linear(x, dequantize_int4(p4, s4, m4, in_features, torch.float32)),
                                   p4.numel()),

@@ -9,7 +9,8 @@ from tiny_llama import hf_tiny
 from inference import benchmark
 from inference.tokenizer import Tokenizer
 
-OURS_AND_HF = ["ours-fp32", "ours-fp32-torch", "ours-int8", "ours-int8-per-op", "ours-int4", "hf-transformers"]
+OURS_AND_HF = ["ours-fp32", "ours-fp32-torch", "ours-int8", "ours-int8-per-op", "ours-int4", "ours-w8a8",
+               "hf-transformers"]
 
 
 @pytest.fixture
@@ -41,6 +42,8 @@ def test_benchmark_reports_every_metric_for_every_engine(tiny_run, tmp_path, mon
     assert report["engines"]["hf-transformers"]["weight_bytes_per_token"] == fp32_bytes
     assert report["engines"]["ours-int4"]["weight_bytes_per_token"] < report["engines"]["ours-int8"][
         "weight_bytes_per_token"] < fp32_bytes
+    assert report["engines"]["ours-w8a8"]["weight_bytes_per_token"] == report["engines"]["ours-int8"][
+        "weight_bytes_per_token"]
     assert json.loads((tmp_path / "out" / "benchmark.json").read_text()) == report
     assert (tmp_path / "out" / "benchmark.png").stat().st_size > 0
     assert set(report["ours_vs"]["ours-int8 / hf-transformers"]) == {"decode_batch1", "concurrent", "ttft"}
@@ -66,15 +69,19 @@ def test_targets_compare_the_best_of_ours_with_the_peers():
                 "fraction_of_roofline": roofline}
     targets = benchmark.targets({
         "ours-fp32": engine(30, 200, 150, roofline=0.65), "ours-int8": engine(120, 310, 120),
+        "ours-w8a8": engine(110, 330, 125),
         "ours-fp32-torch": engine(20, 900, 10), "ours-int8-per-op": engine(200, 900, 10),  # baselines never count
         "hf-transformers": engine(13, 66, 222), "llama-cpp-python": engine(117, None, 239),
         "llama-server": engine(105, 150, 312)})
-    assert targets["concurrent_vs_llama_server"]["value"] == pytest.approx(310 / 150)
+    assert targets["concurrent_vs_llama_server"]["value"] == pytest.approx(330 / 150)
     assert targets["concurrent_vs_llama_server"]["met"] is True
+    assert targets["concurrent_vs_llama_server"]["by"] == targets["concurrent_vs_hf"]["by"] == "ours-w8a8"
     assert targets["quantized_batch1_vs_llama_cpp_python"]["value"] == pytest.approx(120 / 117)
+    assert targets["quantized_batch1_vs_llama_cpp_python"]["by"] == "ours-int8"
     assert targets["fp32_fraction_of_roofline"]["met"] is True
+    assert targets["fp32_fraction_of_roofline"]["by"] == "ours-fp32"
     assert targets["ttft_vs_llama_cpp"]["value"] == pytest.approx(120 / 239)
-    assert targets["concurrent_vs_hf"]["value"] == pytest.approx(310 / 66)
+    assert targets["concurrent_vs_hf"]["value"] == pytest.approx(330 / 66)
 
 
 def test_prompts_are_unique_from_the_first_token():
