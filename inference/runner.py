@@ -8,6 +8,7 @@ C call (kernels.decoder.FusedDecoder): same math, without the per-operator overh
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -19,10 +20,12 @@ from inference.attention import (AttentionMetadata, allocate_kv_caches, build_at
 from inference import kernels
 from inference.config import EngineConfig, ModelConfig
 from inference.kernels.decoder import FusedDecoder
-from inference.quant import use_cpu_kernels
+from inference.quant import Int8Linear, use_cpu_kernels
 from inference.sampling import SamplingRow, TokenLogprob, make_generator, sample
 from inference.scheduler import ScheduledChunk
 from inference.sequence import Sequence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -79,6 +82,10 @@ class ModelRunner:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.device.type == "cpu" and self.dtype == torch.float32 and kernels.enabled():
             use_cpu_kernels(self.model)
+        elif any(isinstance(module, Int8Linear) and module.int8_activations for module in self.model.modules()):
+            log.warning("w8a8 has no %s %s kernel: activations are rounded in PyTorch and the weights dequantized, "
+                        "slower than int8 (an int8 or unquantized engine is the faster choice here)",
+                        self.device.type, config.dtype)
         self.kv_caches = allocate_kv_caches(model_config.num_hidden_layers, num_blocks, self.block_size,
                                             model_config.num_key_value_heads, model_config.head_dim,
                                             self.dtype, self.device)

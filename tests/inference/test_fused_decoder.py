@@ -3,6 +3,8 @@ tokens and log-probabilities for every weight format, with decodes batched, and 
 with one-token prefill chunks; and the fallback for what it cannot take."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tiny_llama import random_prompts
@@ -62,6 +64,13 @@ def test_the_module_path_runs_what_the_kernel_cannot_take(checkpoint, tmp_path, 
     monkeypatch.setenv("OPSLAB_FUSED_DECODE", "0")
     assert LLM.from_model(quantized_model(checkpoint, QuantConfig("none")), None, CONFIG).engine.runner.fused_decoder is None
     assert FusedDecoder.for_model(*_model_and_caches(checkpoint)) is None
+
+
+def test_w8a8_where_its_kernel_does_not_run_warns_and_still_generates(checkpoint, caplog):
+    with caplog.at_level(logging.WARNING, logger="inference.runner"):
+        llm = LLM.from_model(quantized_model(checkpoint, QuantConfig("w8a8")), None, CONFIG.replace(dtype="bfloat16"))
+    assert "w8a8 has no cpu bfloat16 kernel" in caplog.text
+    assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, ignore_eos=True))[0].token_ids) == 3
 
 
 def _model_and_caches(checkpoint):
