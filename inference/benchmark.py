@@ -349,7 +349,10 @@ def targets(engines: dict[str, dict]) -> dict[str, dict]:
     engine it needs did not run)."""
     def best(names, key, pick=max):
         values = {n: engines[n][key] for n in names if n in engines and engines[n][key] is not None}
-        return (pick(values.values()), pick(values, key=values.get)) if values else (None, None)
+        if not values:
+            return None, None
+        name = pick(values, key=values.get)
+        return values[name], name
 
     ours = [name for name in OURS if name not in BASELINES]
     llama_cpp = ("llama-cpp-python", "llama-server")

@@ -1,6 +1,6 @@
 /*
- * opslab_linear: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for small M, W float32, int8 or int4, or W8A8 (see linear.h
- * for the formats and the work split). Built and loaded by inference/kernels/__init__.py.
+ * opslab_linear: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for small M, W float32, int8 or int4, or W8A8
+ * (see linear.h for the formats and the work split). Built and loaded by inference/kernels/__init__.py.
  */
 #include <omp.h>
 #include <stdint.h>
