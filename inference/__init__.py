@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 
 __all__ = ["LLM", "SamplingParams", "AsyncLLMEngine", "EngineConfig", "ModelConfig"]
 
-_SOURCES = {"LLM": "inference.engine", "AsyncLLMEngine": "inference.engine", "SamplingParams": "inference.config",
+_SOURCES = {"LLM": "inference.llm", "AsyncLLMEngine": "inference.async_engine", "SamplingParams": "inference.config",
             "EngineConfig": "inference.config", "ModelConfig": "inference.config"}
 
 if TYPE_CHECKING:
     from inference.config import EngineConfig, ModelConfig, SamplingParams
-    from inference.engine import LLM, AsyncLLMEngine
+    from inference.async_engine import AsyncLLMEngine
+    from inference.llm import LLM
 
 
 def __getattr__(name: str):

@@ -1,57 +1,40 @@
 """`python -m inference.server --engine DIR`: serve an engine over the OpenAI API with graceful SIGTERM drain."""
 
-import argparse
 import asyncio
+import dataclasses
 import logging
-import os
 import signal
 import sys
-from importlib.resources import files
 from pathlib import Path
 
+import click
 import uvicorn
 import yaml
 
+from inference.config import EngineConfig
 from inference.server.app import create_app
 from inference.server.state import ServerSettings, ServerState
 
 log = logging.getLogger("inference.server")
 
-
-def default_port() -> int:
-    """The capstone's inference port from lab_tasks/ports.yml (the one place for ports)."""
-    return yaml.safe_load(files("lab_tasks").joinpath("ports.yml").read_text())["opslab_ports"]["inference"]
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m inference.server", description=__doc__)
-    parser.add_argument("--engine", required=True, help="engine directory (python -m inference build ...)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=default_port())
-    parser.add_argument("--api-key", default=os.environ.get("OPSLAB_API_KEY"),
-                        help="require `Authorization: Bearer KEY` on /v1 (default: env OPSLAB_API_KEY)")
-    parser.add_argument("--max-queue", type=int, default=64, help="engine requests in flight before 429")
-    parser.add_argument("--served-model-name", help="model id clients send (default: the engine dir's name)")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for streams")
-    parser.add_argument("--stall-timeout", type=float, default=10.0,
-                        help="busy engine without a step for this long makes /health 503")
-    parser.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="engine override, e.g. max_num_seqs=32 (repeatable; values parsed as YAML)")
-    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    if args.max_queue < 1 or args.drain_timeout < 0 or args.stall_timeout <= 0:
-        parser.error("--max-queue must be >= 1, --drain-timeout >= 0 and --stall-timeout > 0")
-    return args
+DEFAULT_PORT = 8000  # the capstone passes its port from lab_tasks/ports.yml explicitly
+PROG = "python -m inference.server"
+HELP = ("Serve an engine over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) with /health, "
+        "/metrics and a graceful SIGTERM drain.")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
-def engine_overrides(pairs: list[str]) -> dict:
-    """KEY=VALUE strings → keyword arguments for AsyncLLMEngine.from_path."""
+def engine_overrides(pairs: tuple[str, ...]) -> dict:
+    """KEY=VALUE strings → keyword arguments for AsyncLLMEngine.from_path (values parsed as YAML)."""
+    known = {field.name for field in dataclasses.fields(EngineConfig)}
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"Error: bad --engine-arg {pair!r}; use KEY=VALUE")
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--engine-arg")
+        if key not in known:
+            raise click.BadParameter(f"unknown engine option {key!r} (known: {', '.join(sorted(known))})",
+                                     param_hint="--engine-arg")
         overrides[key] = yaml.safe_load(value)
     return overrides
 
@@ -80,30 +63,67 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def fail(self) -> None:
-        """The engine could not load: stop serving, exit 1."""
+        """The engine could not load or its loop died: stop serving, exit 1 (the supervisor restarts us)."""
         self.exit_code, self.should_exit = 1, True
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = engine_overrides(args.engine_arg)
-    name = args.served_model_name or Path(args.engine).resolve().name
+@click.command(name=PROG, help=HELP, context_settings={"help_option_names": ["-h", "--help"],
+                                                         "max_content_width": 110})
+@click.option("--engine", "engine_dir", required=True, help="engine directory (python -m inference build ...)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True,
+              help="port to listen on")
+@click.option("--api-key", envvar="OPSLAB_API_KEY", show_envvar=True,
+              help="require `Authorization: Bearer KEY` on /v1")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="engine requests in flight before 429")
+@click.option("--served-model-name", help="model id clients send (default: the engine dir's name)")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="seconds SIGTERM waits for streams")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="busy engine without a step for this long makes /health 503")
+@click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",
+              help="engine override, e.g. max_num_seqs=32 (repeatable; values parsed as YAML)")
+@click.option("--access-log", is_flag=True, help="log every HTTP request")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True,
+              help="log level of the server and uvicorn")
+def serve(engine_dir: str, host: str, port: int, api_key: str | None, max_queue: int,
+          served_model_name: str | None, drain_timeout: float, stall_timeout: float, engine_args: tuple[str, ...],
+          access_log: bool, log_level: str) -> int:
+    log_level = log_level.lower()
+    logging.basicConfig(level=logging.getLevelName(log_level.upper()) if log_level != "trace" else 5,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = engine_overrides(engine_args)
+    name = served_model_name or Path(engine_dir).resolve().name
 
     def load_engine():
-        from inference.engine import AsyncLLMEngine  # torch loads here, in the background thread
+        from inference.async_engine import AsyncLLMEngine  # torch loads here, in the background thread
 
-        return AsyncLLMEngine.from_path(args.engine, **overrides)
+        return AsyncLLMEngine.from_path(engine_dir, **overrides)
 
-    settings = ServerSettings(served_model_name=name, api_key=args.api_key or None, max_queue=args.max_queue,
-                              stall_timeout_s=args.stall_timeout)
+    settings = ServerSettings(served_model_name=name, api_key=api_key or None, max_queue=max_queue,
+                              stall_timeout_s=stall_timeout)
     server: DrainingServer | None = None
     state = ServerState(settings, load_engine, on_fatal=lambda: server.fail())
-    config = uvicorn.Config(create_app(state), host=args.host, port=args.port, log_level=args.log_level,
-                            access_log=args.access_log, timeout_graceful_shutdown=5, lifespan="on")
-    server = DrainingServer(config, state, args.drain_timeout)
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=access_log,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    server = DrainingServer(config, state, drain_timeout)
     server.run()
     return server.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and serve; bad flags are one `Error: ...; ...` line and exit 2."""
+    try:
+        return serve.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Abort:
+        return 130
+    except click.UsageError as error:
+        click.echo(f"Error: {error.format_message().rstrip('.')}; see `{PROG} --help`", err=True)
+        return 2
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
 
 
 if __name__ == "__main__":

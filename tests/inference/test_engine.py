@@ -12,7 +12,8 @@ from tiny_llama import hf_tiny, random_prompts, tiny_llm
 
 from inference.build import build_engine
 from inference.config import SamplingParams
-from inference.engine import LLM, AsyncLLMEngine
+from inference.async_engine import AsyncLLMEngine
+from inference.llm import LLM
 from inference.tokenizer import Tokenizer
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)

@@ -67,7 +67,7 @@ def test_the_module_path_runs_what_the_kernel_cannot_take(checkpoint, tmp_path, 
 
 
 def test_w8a8_where_its_kernel_does_not_run_warns_and_still_generates(checkpoint, caplog):
-    with caplog.at_level(logging.WARNING, logger="inference.runner"):
+    with caplog.at_level(logging.WARNING, logger="inference.model_runner"):
         llm = LLM.from_model(quantized_model(checkpoint, QuantConfig("w8a8")), None, CONFIG.replace(dtype="bfloat16"))
     assert "w8a8 has no cpu bfloat16 kernel" in caplog.text
     assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, ignore_eos=True))[0].token_ids) == 3

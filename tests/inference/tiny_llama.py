@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 from transformers import LlamaForCausalLM as HFLlama
 
 from inference.config import EngineConfig, ModelConfig
-from inference.engine import LLM
+from inference.llm import LLM
 from inference.model import LlamaForCausalLM, convert_hf_state_dict
 
 torch.set_num_threads(1)  # tiny matrices: a second thread only adds spin-waits on the shared 2-core box

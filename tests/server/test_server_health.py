@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def make_state(engine_dir, stall_timeout_s: float = 0.5) -> ServerState:
-    from inference.engine import AsyncLLMEngine
+    from inference.async_engine import AsyncLLMEngine
 
     settings = ServerSettings(served_model_name="tiny", stall_timeout_s=stall_timeout_s)
     return ServerState(settings, lambda: AsyncLLMEngine.from_path(engine_dir))
