@@ -13,18 +13,30 @@ from lab_tasks.errors import LabError
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 REGISTRY_PATH = PACKAGE_DIR / "stages.yml"
-STAGE_FIELDS = ("id", "slug", "title", "hosts", "role", "page", "tasks")
-TASK_FIELDS = ("id", "goal", "check", "hint")
+STAGE_FIELDS = ("id", "slug", "title", "hosts", "role", "page", "minutes", "tasks")
+TASK_FIELDS = ("id", "goal", "check", "hints")
+HINT_LEVELS = 3  # 1: the concept and where to read, 2: the command to learn, 3: a near answer
 
 
 @dataclass(frozen=True)
 class Task:
-    """One checkable task of a stage."""
+    """One checkable task of a stage; `hints` go from the concept (level 1) to a near answer (level 3)."""
 
     id: str
     goal: str
     check: str
-    hint: str
+    hints: tuple[str, ...]
+
+    @property
+    def hint(self) -> str:
+        """The first hint level: what `lab check` shows under a failure."""
+        return self.hints[0]
+
+    def hint_at(self, level: int) -> str:
+        """The hint of `level` (1..3); LabError for any other level."""
+        if not 1 <= level <= len(self.hints):
+            raise LabError(f"hint level {level} does not exist; use 1 to {len(self.hints)}")
+        return self.hints[level - 1]
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,8 @@ class Stage:
     role: str
     page: str
     tasks: tuple[Task, ...]
+    requires: tuple[str, ...] = ()
+    minutes: int = 0
 
     @property
     def host_pattern(self) -> str:
@@ -61,7 +75,12 @@ def _missing(entry: dict, fields: tuple[str, ...], where: str) -> None:
 
 def _task(entry: dict, where: str) -> Task:
     _missing(entry, TASK_FIELDS, where)
-    return Task(*(str(entry[f]) for f in TASK_FIELDS))
+    hints = entry["hints"]
+    if not (isinstance(hints, list) and len(hints) == HINT_LEVELS
+            and all(isinstance(h, str) and h.strip() for h in hints)):
+        raise ValueError(f"{where}: hints must be a list of {HINT_LEVELS} non-empty texts "
+                         "(concept, command to learn, near answer)")
+    return Task(str(entry["id"]), str(entry["goal"]), str(entry["check"]), tuple(hints))
 
 
 def _stage(entry: dict) -> Stage:
@@ -70,6 +89,11 @@ def _stage(entry: dict) -> Stage:
     if not re.fullmatch(r"stage\d+", str(entry["id"])):
         raise ValueError(f"{where}: id must look like stageN")
     hosts = entry["hosts"]
+    requires = entry.get("requires")
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise ValueError(f"{where}: requires must be a list of stage ids ([] for none)")
+    if not isinstance(entry["minutes"], int) or isinstance(entry["minutes"], bool) or entry["minutes"] <= 0:
+        raise ValueError(f"{where}: minutes must be a positive whole number (estimated time)")
     tasks = tuple(_task(t, f"{where} task {t.get('id', '?')}") for t in entry["tasks"])
     if len({t.id for t in tasks}) != len(tasks):
         raise ValueError(f"{where}: task ids are not unique")
@@ -77,6 +101,7 @@ def _stage(entry: dict) -> Stage:
         id=entry["id"], slug=str(entry["slug"]), title=str(entry["title"]),
         hosts=(hosts,) if isinstance(hosts, str) else tuple(hosts),
         role=str(entry["role"]), page=str(entry["page"]), tasks=tasks,
+        requires=tuple(requires), minutes=entry["minutes"],
     )
 
 
@@ -88,6 +113,12 @@ class Registry:
         names = [n for s in stages for n in (s.id, s.slug)]
         if len(set(names)) != len(names):
             raise ValueError("stage ids and slugs must be unique")
+        seen: set[str] = set()
+        for stage in stages:
+            later = [r for r in stage.requires if r not in seen]
+            if later:
+                raise ValueError(f"stage {stage.id}: requires {', '.join(later)}, which is not an earlier stage")
+            seen.add(stage.id)
 
     def resolve(self, name: str) -> Stage:
         """Find a stage by `stage3`, `3` or its slug; LabError if none matches."""

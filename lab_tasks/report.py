@@ -1,4 +1,4 @@
-"""Show check results: a rich table with a hint under each failure, or plain JSON."""
+"""Show check results: a rich table with the first hint level under each failure, or plain JSON."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,24 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lab_tasks.runner import StageResult
+from lab_tasks.check_runner import StageResult
+
+
+def more_command(result: StageResult, task_id: str) -> str:
+    """The command that shows a failed task's next hint level."""
+    return f"lab hint {result.stage.id} {task_id} --level 2"
 
 
 def as_dict(result: StageResult) -> dict:
-    """`{"stage": id, "tasks": [{"id", "passed", "evidence", "hint"}]}` for one stage."""
-    tasks = [{"id": r.task_id, "passed": r.passed, "evidence": r.evidence, "hint": r.hint}
-             for r in result.results]
+    """`{"stage": id, "tasks": [{"id", "passed", "evidence", "hint"[, "more"]}]}` for one stage.
+
+    `hint` is the first hint level; a failed task also has `more`, the command for the next level."""
+    tasks = []
+    for r in result.results:
+        task = {"id": r.task_id, "passed": r.passed, "evidence": r.evidence, "hint": r.hint}
+        if not r.passed:
+            task["more"] = more_command(result, r.task_id)
+        tasks.append(task)
     return {"stage": result.stage.id, "tasks": tasks}
 
 
@@ -25,7 +36,7 @@ def to_json(results: list[StageResult], many: bool) -> str:
 
 
 def table(result: StageResult) -> Table:
-    """One row per task; a failed task gets its hint on a second line."""
+    """One row per task; a failed task gets its first hint level and the command for the next."""
     stage = result.stage
     grid = Table(title=f"{stage.id} · {stage.title}", title_justify="left", show_lines=True)
     grid.add_column("task", style="bold")
@@ -36,6 +47,7 @@ def table(result: StageResult) -> Table:
         detail = Text(r.evidence)
         if not r.passed:
             detail.append(f"\nhint: {r.hint}", style="yellow")
+            detail.append(f"\n`{more_command(result, r.task_id)}` for more", style="dim")
         grid.add_row(r.task_id, mark, detail)
     return grid
 

@@ -7,7 +7,7 @@ from lab_tasks import progress, report
 from lab_tasks.checks import Lab
 from lab_tasks.commands import App, inventory_option, pass_app
 from lab_tasks.registry import Stage, StageType
-from lab_tasks.runner import StageResult, run_stage
+from lab_tasks.check_runner import StageResult, run_stage
 
 
 @click.command("check")

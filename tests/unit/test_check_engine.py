@@ -8,7 +8,7 @@ import testinfra
 from lab_tasks.checks import CheckResult, Lab, Verdict, expect
 from lab_tasks.errors import LabError
 from lab_tasks.registry import Stage, Task
-from lab_tasks.runner import run_stage
+from lab_tasks.check_runner import run_stage
 
 FAKE_MODULE = "lab_tasks.checks.fake_stage"
 
@@ -41,8 +41,9 @@ def fake_checks(monkeypatch):
 
 
 def make_stage(*check_names):
-    tasks = tuple(Task(name, f"goal {name}", f"fake_stage.{name}", f"hint {name}") for name in check_names)
-    return Stage("stage99", "fake", "Fake", ("learner",), "fake_role", "docs/none.md", tasks)
+    tasks = tuple(Task(name, f"goal {name}", f"fake_stage.{name}",
+                       (f"hint {name}", f"command {name}", f"near {name}")) for name in check_names)
+    return Stage("stage99", "fake", "Fake", ("learner",), "fake_role", "docs/none.md", tasks, (), 10)
 
 
 class DeadBackend:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from lab_tasks.cli import main
+from lab_tasks.registry import load_registry
 
 
 def lab(capsys, *args):
@@ -84,13 +85,67 @@ def test_list_show_and_hint(capsys):
     code, out, _ = lab(capsys, "show", "shell")
     assert code == 0 and "glob" in out and "lab check stage1" in out
     code, out, _ = lab(capsys, "hint", "1", "glob")
-    assert code == 0 and out.startswith("glob: `man 7 glob`")
+    glob = load_registry().resolve("stage1").task("glob")
+    assert code == 0 and out.startswith(f"glob (hint 1/3): {' '.join(glob.hints[0].split())}")
+    assert "`lab hint stage1 glob --level 2`" in out
+
+
+def test_hint_levels(capsys):
+    glob = load_registry().resolve("stage1").task("glob")
+    code, out, _ = lab(capsys, "hint", "stage1", "glob", "--level", "3")
+    assert code == 0 and " ".join(glob.hints[2].split()) in out and "more" not in out
+    code, out, _ = lab(capsys, "hint", "stage1")
+    assert code == 0 and out.count("(hint 1/3)") == len(load_registry().resolve("stage1").tasks)
+    code, _, err = lab(capsys, "hint", "stage1", "glob", "--level", "4")
+    assert_one_line_error(code, err, "hint level 4 does not exist; use 1 to 3")
+
+
+def test_machine_readable_outputs(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPSLAB_STATE_DIR", str(tmp_path))
+    registry = load_registry()
+    code, out, _ = lab(capsys, "list", "--json")
+    listed = json.loads(out)["stages"]
+    assert code == 0 and [s["id"] for s in listed] == [s.id for s in registry.stages]
+    assert listed[0]["requires"] == [] and all(s["minutes"] > 0 for s in listed)
+    code, out, _ = lab(capsys, "show", "stage3", "--json")
+    shown = json.loads(out)
+    assert shown["id"] == "stage3" and shown["tasks"][0] == {
+        "id": "user-crontab", "goal": registry.resolve("stage3").task("user-crontab").goal}
+    code, out, _ = lab(capsys, "hint", "stage3", "--json")
+    hints = json.loads(out)
+    assert hints["level"] == 1 and hints["hints"][0]["more"] == "lab hint stage3 user-crontab --level 2"
+    code, out, _ = lab(capsys, "hint", "stage3", "user-crontab", "--level", "3", "--json")
+    assert json.loads(out)["hints"][0]["more"] is None
+    code, out, _ = lab(capsys, "progress", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["next"] == "stage1" and data["regressions"] == []
+    assert [s["stage"] for s in data["stages"]] == [s.id for s in registry.stages]
+
+
+def test_list_shows_the_path_with_prerequisites_and_times(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = lab(capsys, "list")
+    assert code == 0 and "requires" in out and "~45 min" in out and "stage1, stage2" in out
 
 
 def test_progress_lists_every_stage(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("OPSLAB_STATE_DIR", str(tmp_path))
     code, out, err = lab(capsys, "progress")
     assert code == 0 and "stage1" in out and str(tmp_path) in err
+    assert "next: stage1 (shell)" in out
+
+
+def test_progress_shows_regressions(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPSLAB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("OPSLAB_LEARNER", "ada")
+    monkeypatch.setenv("COLUMNS", "300")
+    (tmp_path / "progress.json").write_text(json.dumps({"ada": {"stage1": {
+        "glob": {"first_passed": "2024-01-01T00:00:00+00:00", "last": "fail",
+                 "checked": "2024-02-01T00:00:00+00:00"}}}}))
+    code, out, _ = lab(capsys, "progress")
+    assert code == 0 and "regression: stage1 glob passed on 2024-01-01T00:00:00+00:00 and fails now" in out
+    code, out, _ = lab(capsys, "progress", "--json")
+    assert json.loads(out)["regressions"] == [{"stage": "stage1", "task": "glob"}]
 
 
 def test_local_check_json_is_only_json(capsys, tmp_path, monkeypatch):

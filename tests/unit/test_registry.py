@@ -1,13 +1,12 @@
 """The stage registry: loading, validation, name resolution, and that every stage is complete."""
 import importlib
-import re
 
 import pytest
 import yaml
 
 from lab_tasks.errors import LabError
 from lab_tasks.registry import PROJECT_ROOT, load_registry
-from lab_tasks.runner import check_function
+from lab_tasks.check_runner import check_function
 
 REGISTRY = load_registry()
 STAGES = REGISTRY.stages
@@ -33,35 +32,23 @@ def test_role_has_every_entry_point_and_page_exists(stage):
     assert (PROJECT_ROOT / stage.page).is_file(), stage.page
 
 
-def _solution_commands(role: str) -> list[str]:
-    """Every shell/command line in the role's solve.yml."""
-    tasks = yaml.safe_load((PROJECT_ROOT / "roles" / role / "tasks" / "solve.yml").read_text()) or []
-    found = []
-    for task in _walk(tasks):
-        for module in ("ansible.builtin.command", "ansible.builtin.shell"):
-            args = task.get(module)
-            cmd = args.get("cmd") if isinstance(args, dict) else args
-            if cmd:
-                found.append(" ".join(str(cmd).split()))
-    return found
-
-
-def _walk(tasks):
-    for task in tasks:
-        yield task
-        for key in ("block", "rescue", "always"):
-            yield from _walk(task.get(key, []))
-
-
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.id)
-def test_goals_and_hints_do_not_contain_the_solution(stage):
-    commands = _solution_commands(stage.role)
+def test_every_task_has_three_hint_levels(stage):
     for task in stage.tasks:
-        text = " ".join(f"{task.goal} {task.hint}".split())
-        for cmd in commands:
-            literal = re.split(r"\{\{.*?\}\}", cmd)  # compare the literal parts of templated commands
-            longest = max(literal, key=len).strip()
-            assert len(longest) < 8 or longest not in text, f"{stage.id}/{task.id} reveals `{cmd}`"
+        assert len(task.hints) == 3 and task.hint == task.hints[0], task.id
+
+
+def test_the_path_has_prerequisites_and_times():
+    assert STAGES[0].requires == ()
+    assert all(stage.minutes > 0 for stage in STAGES)
+    assert all(stage.requires for stage in STAGES[1:]), "every later stage builds on something"
+
+
+def test_hint_levels_beyond_three_are_a_lab_error():
+    task = STAGES[0].tasks[0]
+    assert task.hint_at(3) == task.hints[2]
+    with pytest.raises(LabError, match="hint level 4 does not exist; use 1 to 3"):
+        task.hint_at(4)
 
 
 @pytest.mark.parametrize("name", ["stage1", "1", "shell", "SHELL", "Stage1"])
@@ -105,3 +92,30 @@ def test_duplicate_task_ids_are_rejected(tmp_path):
 def test_check_modules_import_without_a_host():
     for stage in STAGES:
         importlib.import_module(f"lab_tasks.checks.{stage.role}")
+
+
+def _one_stage(tmp_path, change):
+    data = yaml.safe_load((PROJECT_ROOT / "lab_tasks" / "stages.yml").read_text())
+    stages = data["stages"][:2]
+    change(stages)
+    path = tmp_path / "stages.yml"
+    path.write_text(yaml.safe_dump({"stages": stages}))
+    return path
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda s: s[0]["tasks"][0].update(hints=["only one"]), "hints must be a list of 3"),
+    (lambda s: s[0]["tasks"][0].update(hints=["a", "", "c"]), "hints must be a list of 3"),
+    (lambda s: s[0]["tasks"][0].pop("hints"), "missing hints"),
+    (lambda s: (s[0]["tasks"][0].pop("hints"), s[0]["tasks"][0].update(hint="one old-style hint")),
+     "missing hints"),
+    (lambda s: s[0].pop("minutes"), "missing minutes"),
+    (lambda s: s[0].update(minutes="an hour"), "minutes must be a positive whole number"),
+    (lambda s: s[0].pop("requires"), "requires must be a list"),
+    (lambda s: s[0].update(requires=["stage2"]), "requires stage2, which is not an earlier stage"),
+    (lambda s: s[1].update(requires=["stage9"]), "requires stage9, which is not an earlier stage"),
+])
+def test_path_and_hint_fields_are_validated(tmp_path, change, problem):
+    path = _one_stage(tmp_path, change)
+    with pytest.raises(LabError, match=problem):
+        load_registry(path)

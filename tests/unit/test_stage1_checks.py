@@ -9,7 +9,7 @@ import yaml
 
 from lab_tasks.checks import Lab
 from lab_tasks.registry import PROJECT_ROOT, load_registry
-from lab_tasks.runner import run_stage
+from lab_tasks.check_runner import run_stage
 
 ROLE = PROJECT_ROOT / "roles" / "stage1_shell"
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
