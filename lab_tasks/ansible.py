@@ -1,89 +1,151 @@
-"""Run playbooks/stage.yml for `lab start|solve|reset`; a failure is one line naming the task and host."""
+"""Run playbooks/stage.yml for `lab start|solve|reset` through ansible-runner.
+
+Ansible's own output streams to the user as it happens; what the run did comes from ansible-runner's
+structured events (the first failure: task, host, reason) and its per-host stats, never from the text.
+"""
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
-import subprocess
+import signal
 import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from lab_tasks.errors import LabError
 from lab_tasks.registry import PROJECT_ROOT, Stage
 
 STAGE_PLAYBOOK = PROJECT_ROOT / "playbooks" / "stage.yml"
 MODES = ("prepare", "solve", "reset")
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s")
-TASK = re.compile(r"^TASK \[(.+)\] \**$")
-ERROR_PREFIX = re.compile(r"^\[ERROR\]:\s*(Task failed:\s*)?(Action failed:\s*)?")
+FAILED_EVENTS = {"runner_on_failed": "failed", "runner_item_on_failed": "failed",
+                 "runner_on_unreachable": "unreachable"}
+# A failed (not unreachable) task whose reason is a lost connection still means: bring the sandbox up.
 UNREACHABLE_SIGNS = ("Failed to connect", "could not be sent to remote host")
-FAILED = re.compile(r"^(?:fatal|failed): \[([^\]]+)\]")
+# ansible-core wraps some reasons in this; the reason itself is what the learner needs.
+WRAPPER_PREFIX = "Task failed: "
+
+
+class Failure(NamedTuple):
+    """The first task that failed and was not ignored."""
+
+    task: str
+    host: str
+    kind: str  # failed | unreachable
+    message: str
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """One host's line of the play recap, from ansible-runner's stats."""
+
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+
+
+# ansible-runner's stats keys for each HostStats field.
+STATS_KEYS = {"ok": "ok", "changed": "changed", "failed": "failures", "unreachable": "dark",
+              "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
 
 
 @dataclass
 class PlaybookRun:
-    """What ansible-playbook did: changed count per host (from the recap), and the first failure seen."""
+    """What a playbook run did: per-host stats and the first failure."""
 
-    changed: dict[str, int] = field(default_factory=dict)
-    failure: tuple[str, str, str, str] | None = None  # (task, host, kind, message)
-    _task: str = ""
-    _error: str = ""
-    _pending: bool = False
+    hosts: dict[str, HostStats] = field(default_factory=dict)
+    failure: Failure | None = None
 
-    def feed(self, line: str) -> None:
-        """Follow one line of ansible-playbook's default output."""
-        text = line.strip()
-        if m := TASK.match(text):
-            self._task, self._error = m.group(1), ""
-        elif text.startswith("[ERROR]:"):
-            self._error = ERROR_PREFIX.sub("", text)
-        elif (m := FAILED.match(text)) and self.failure is None:
-            kind = "unreachable" if "UNREACHABLE!" in text else "failed"
-            self.failure = (self._task, m.group(1), kind, self._error)
-            self._pending = not self._error
-        elif self._pending and text.startswith("msg:"):
-            self.failure = (*self.failure[:3], text.removeprefix("msg:").strip().strip("'\""))
-            self._pending = False
-        elif m := RECAP.match(text):
-            self.changed[m.group(1)] = int(m.group(3))
+    @property
+    def changed(self) -> dict[str, int]:
+        """Changed task count per host."""
+        return {host: stats.changed for host, stats in self.hosts.items()}
 
+    def feed(self, event: dict) -> None:
+        """Follow one ansible-runner event: remember the first failure that was not ignored."""
+        kind = FAILED_EVENTS.get(event.get("event", ""))
+        data = event.get("event_data", {})
+        if kind is None or self.failure is not None or data.get("ignore_errors"):
+            return
+        task = f"{data['role']} : {data.get('task', '')}" if data.get("role") else data.get("task", "")
+        self.failure = Failure(task, data.get("host", "?"), kind, _reason(data.get("res") or {}))
 
-def playbook_binary() -> str:
-    """ansible-playbook next to this Python (the venv), else on PATH."""
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
-    if not found:
-        raise LabError("ansible-playbook not found; run `make install`")
-    return found
+    def count(self, stats: dict | None) -> None:
+        """Take the per-host counts from ansible-runner's stats (None when no play ran)."""
+        stats = stats or {}
+        names = sorted({host for key in STATS_KEYS.values() for host in stats.get(key) or {}})
+        self.hosts = {host: HostStats(**{name: (stats.get(key) or {}).get(host, 0) for name, key in STATS_KEYS.items()})
+                      for host in names}
 
 
-def command(stage: Stage, mode: str, inventory: Path) -> list[str]:
-    """The ansible-playbook command line for one stage and mode."""
-    if mode not in MODES:
-        raise LabError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
-    extra = {"opslab_stage": stage.id, "opslab_stage_mode": mode}
-    return [playbook_binary(), str(STAGE_PLAYBOOK), "-i", str(inventory), "-e", json.dumps(extra)]
+def _reason(result: dict) -> str:
+    """The module's own message, with the last line of stderr when the message alone says little."""
+    message = str(result.get("msg") or "").removeprefix(WRAPPER_PREFIX).strip()
+    stderr = str(result.get("stderr") or "").strip()
+    if stderr:
+        message = f"{message}: {stderr.splitlines()[-1]}" if message else stderr.splitlines()[-1]
+    return " ".join(message.split()) or f"rc={result.get('rc', '?')}"
 
 
 def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stdout) -> PlaybookRun:
     """Run the stage's role in `mode`, streaming ansible's output to `echo`; LabError on failure."""
+    import ansible_runner  # imported here: `lab list/show/check` never pay for it
+
+    if mode not in MODES:
+        raise LabError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
     if not Path(inventory).exists():
         raise LabError(f"inventory {inventory} not found; run `lab sandbox up` or pass -i INVENTORY")
+    env = _environment()
+    if not shutil.which("ansible-playbook", path=env["PATH"]):
+        raise LabError("ansible-playbook not found; run `make install`")
     run = PlaybookRun()
-    proc = subprocess.Popen(command(stage, mode, inventory), cwd=PROJECT_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=_environment())
-    for line in proc.stdout:
-        echo.write(line)
-        run.feed(line)
-    if proc.wait() != 0:
-        raise LabError(_failure_line(stage, mode, proc.returncode, run))
+
+    def follow(event: dict) -> bool:
+        if text := event.get("stdout"):
+            echo.write(text.replace("\r\n", "\n") + "\n")
+            echo.flush()
+        run.feed(event)
+        return True  # keep the event: runner.stats is read from the saved events
+
+    # Artifacts (events, stdout, fact cache) live in a private temp dir, removed after the run.
+    with tempfile.TemporaryDirectory(prefix="opslab-ansible-") as private_dir, _interruptible() as interrupted:
+        runner = ansible_runner.run(
+            private_data_dir=private_dir, project_dir=str(PROJECT_ROOT), playbook=str(STAGE_PLAYBOOK),
+            inventory=str(Path(inventory).resolve()), extravars={"opslab_stage": stage.id, "opslab_stage_mode": mode},
+            envvars=env, quiet=True, suppress_output_file=True,
+            event_handler=follow, cancel_callback=interrupted.is_set)
+        run.count(runner.stats)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    if runner.rc != 0:
+        raise LabError(_failure_line(stage, mode, runner.rc, run))
     return run
 
 
+@contextmanager
+def _interruptible():
+    """An event that Ctrl-C sets and ansible-runner polls to stop the playbook: the playbook runs on
+    its own pty, out of reach of the terminal's SIGINT."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _environment() -> dict:
+    """The project's ansible.cfg, no colours, and this Python's bin/ (the venv's ansible-playbook) first."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(PROJECT_ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env

@@ -1,38 +1,53 @@
-"""Reading ansible-playbook's output: the failed task and host, and the recap's changed counts."""
-from lab_tasks.ansible import PlaybookRun, _failure_line
-from lab_tasks.registry import load_registry
+"""Reading a playbook run through ansible-runner: the failed task and host from its events, the
+per-host counts from its stats, and a real run on this machine that leaves nothing behind."""
+import io
+import os
+import sys
+import tempfile
 
-OUTPUT = """
-TASK [stage1_shell : Install each drop file where the FHS puts it] *************
-changed: [learner1] => (item={'key': 'lab-tool'})
-[ERROR]: Task failed: Module failed: Destination directory /usr/local/share/man/man1 does not exist
-Origin: /work/main/roles/stage1_shell/tasks/solve.yml:3:3
-failed: [learner1] (item={'key': 'lab-tool.1'}) =>
-    msg: Destination directory /usr/local/share/man/man1 does not exist
+import pytest
 
-PLAY RECAP *********************************************************************
-learner1                   : ok=2    changed=1    unreachable=0    failed=1    skipped=0    rescued=0
-localhost                  : ok=2    changed=0    unreachable=0    failed=0    skipped=0    rescued=0
-"""
-UNREACHABLE = """
-TASK [Gathering Facts] *********************************************************
-fatal: [learner1]: UNREACHABLE! => changed=false
-  msg: 'Failed to connect to the host via ssh: timed out'
-"""
+from lab_tasks import ansible
+from lab_tasks.ansible import HostStats, PlaybookRun, _failure_line
+from lab_tasks.errors import LabError
+from lab_tasks.registry import PROJECT_ROOT, load_registry
 
 
-def feed(text):
+def event(name, **data):
+    return {"event": name, "stdout": "", "event_data": data}
+
+
+COPY_TASK = dict(role="stage1_shell", task="Install each drop file where the FHS puts it", host="learner1")
+FAILED_LOOP = [
+    event("playbook_on_task_start", role="stage1_shell", task=COPY_TASK["task"]),
+    event("runner_item_on_ok", **COPY_TASK, res={"changed": True, "item": {"key": "lab-tool"}}),
+    event("runner_item_on_failed", **COPY_TASK,
+          res={"msg": "Destination directory /usr/local/share/man/man1 does not exist", "item": {"key": "lab-tool.1"}}),
+    event("runner_on_failed", **COPY_TASK, res={"msg": "One or more items failed", "results": []}),
+]
+FAILED_LOOP_STATS = {"ok": {"learner1": 2, "localhost": 2}, "changed": {"learner1": 1}, "failures": {"learner1": 1},
+                     "dark": {}, "skipped": {}, "rescued": {}, "ignored": {}, "processed": {"learner1": 1, "localhost": 1}}
+UNREACHABLE = [
+    event("playbook_on_task_start", task="Gathering Facts"),
+    event("runner_on_unreachable", task="Gathering Facts", host="learner1",
+          res={"unreachable": True, "msg": "Task failed: Failed to connect to the host via ssh: timed out"}),
+]
+
+
+def feed(events, stats=None):
     run = PlaybookRun()
-    for line in text.splitlines():
-        run.feed(line)
+    for each in events:
+        run.feed(each)
+    run.count(stats)
     return run
 
 
 def test_failed_task_host_and_reason_are_found():
-    run = feed(OUTPUT)
+    run = feed(FAILED_LOOP, FAILED_LOOP_STATS)
     assert run.failure == ("stage1_shell : Install each drop file where the FHS puts it", "learner1", "failed",
-                           "Module failed: Destination directory /usr/local/share/man/man1 does not exist")
+                           "Destination directory /usr/local/share/man/man1 does not exist")
     assert run.changed == {"learner1": 1, "localhost": 0}
+    assert run.hosts["learner1"] == HostStats(ok=2, changed=1, failed=1)
 
 
 def test_unreachable_failure_line_points_at_the_sandbox():
@@ -41,3 +56,66 @@ def test_unreachable_failure_line_points_at_the_sandbox():
     assert "at task 'Gathering Facts' on learner1 (unreachable)" in line
     assert "timed out" in line and line.endswith("run `lab sandbox up`")
     assert "\n" not in line
+
+
+def test_an_ignored_failure_is_not_the_failure():
+    ignored = event("runner_on_failed", task="Probe", host="learner1", ignore_errors=True, res={"msg": "no"})
+    assert feed([ignored, *UNREACHABLE]).failure.task == "Gathering Facts"
+
+
+def test_a_failed_command_names_its_stderr():
+    failed = event("runner_on_failed", task="Reload", host="lb1",
+                   res={"msg": "non-zero return code", "rc": 1, "stderr": "nginx: [emerg] unknown directive\n"})
+    assert feed([failed]).failure.message == "non-zero return code: nginx: [emerg] unknown directive"
+
+
+def test_no_stats_means_no_hosts():
+    assert feed([], None).hosts == {}
+
+
+PLAYBOOK = """
+- name: A stand-in for the stage playbook
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Change something
+      ansible.builtin.command: "true"
+      changed_when: true
+    - name: Fail where it is asked to
+      ansible.builtin.fail:
+        msg: "asked to fail in {{ opslab_stage_mode }}"
+      when: opslab_stage_mode == 'reset'
+"""
+
+
+@pytest.fixture
+def local_stage_playbook(tmp_path, monkeypatch):
+    """playbooks/stage.yml swapped for a local one, on an inventory of this machine."""
+    playbook = tmp_path / "stage.yml"
+    playbook.write_text(PLAYBOOK)
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(f"all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+                         f"      ansible_python_interpreter: {os.path.realpath(sys.executable)}\n")
+    monkeypatch.setattr(ansible, "STAGE_PLAYBOOK", playbook)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return inventory, tmp_path
+
+
+def test_a_real_run_streams_output_and_counts_per_host(local_stage_playbook):
+    inventory, tmp_path = local_stage_playbook
+    before = sorted(p.name for p in PROJECT_ROOT.iterdir())
+    echo = io.StringIO()
+    run = ansible.run_stage_playbook(load_registry().resolve("stage1"), "solve", inventory, echo=echo)
+    assert run.hosts == {"here": HostStats(ok=1, changed=1, skipped=1)}
+    assert "TASK [Change something]" in echo.getvalue() and "PLAY RECAP" in echo.getvalue()
+    assert "\r" not in echo.getvalue()
+    assert not list(tmp_path.glob("opslab-ansible-*")), "the runner's private dir was left behind"
+    assert sorted(p.name for p in PROJECT_ROOT.iterdir()) == before
+
+
+def test_a_real_failed_run_is_one_error_line(local_stage_playbook):
+    inventory, _ = local_stage_playbook
+    with pytest.raises(LabError) as error:
+        ansible.run_stage_playbook(load_registry().resolve("stage1"), "reset", inventory, echo=io.StringIO())
+    assert str(error.value) == ("ansible-playbook reset of stage1 failed at task 'Fail where it is asked to' on here "
+                                "(failed): asked to fail in reset; fix it, then rerun (details above)")
