@@ -15,13 +15,40 @@ from lab_tasks.errors import LabError
 from lab_tasks.registry import PACKAGE_DIR, PROJECT_ROOT
 
 DEFAULT_INVENTORY = "inventory/sandbox/hosts.yml"
+LB_GROUP = "lb"                # stages 5-6: the learner's VRRP pair
+EDGE_GROUP = "edge"            # capstone: the balancers in front of the inference nodes
+INFERENCE_GROUP = "inference"  # capstone: the "GPU nodes" running our server
 INVENTORY_FIX = "run `lab sandbox up` or pass -i INVENTORY"
 
 
 @cache
 def topology() -> dict:
-    """lab_tasks/topology.yml: hosts, groups, addresses, bridge, VIP."""
+    """lab_tasks/topology.yml: hosts, groups, addresses, bridge, VIPs."""
     return yaml.safe_load((PACKAGE_DIR / "topology.yml").read_text())
+
+
+def vips() -> dict[str, str]:
+    """Every keepalived VIP of the topology by the group that shares it: {"lb": ..., "edge": ...}."""
+    return {group: str(spec["address"]) for group, spec in topology()["vips"].items()}
+
+
+def vip(group: str = LB_GROUP) -> str:
+    """The topology's VIP of `group` (LabError naming the groups that have one)."""
+    spec = topology()["vips"].get(group)
+    if spec is None:
+        raise LabError(f"group '{group}' has no VIP; groups with one: {', '.join(topology()['vips'])}")
+    return str(spec["address"])
+
+
+def vip_variable(group: str) -> str:
+    """The inventory variable that carries the VIP of `group` (`opslab_vip`, `opslab_edge_vip`)."""
+    vip(group)
+    return str(topology()["vips"][group]["variable"])
+
+
+def group_hosts(group: str) -> list[str]:
+    """The topology's hosts in `group`, in topology order."""
+    return [name for name, spec in topology()["hosts"].items() if group in spec["groups"]]
 
 
 @cache
@@ -84,10 +111,38 @@ class Inventory:
 
     @property
     def vip(self) -> str:
-        """`opslab_vip` from the inventory, else the topology's VIP."""
-        names = self.hosts("all")
-        found = self.host_vars(names[0]).get("opslab_vip") if names else None
-        return str(found or topology()["network"]["vip"])
+        """The `lb` group's VIP: `opslab_vip` from the inventory, else the topology's."""
+        return self.vip_of(LB_GROUP)
+
+    @property
+    def edge_vip(self) -> str:
+        """The `edge` group's VIP (the inference API): `opslab_edge_vip`, else the topology's."""
+        return self.vip_of(EDGE_GROUP)
+
+    def vip_of(self, group: str) -> str:
+        """The VIP of `group` from its inventory variable (set on `all` or the group), else the topology's."""
+        variable = vip_variable(group)
+        names = self.hosts(group) or self.hosts("all")
+        found = self.host_vars(names[0]).get(variable) if names else None
+        return str(found or vip(group))
+
+    def endpoints(self) -> dict:
+        """Where the inference platform answers, from this inventory's addresses."""
+        nodes = [self.host(name).address for name in self.hosts(INFERENCE_GROUP)]
+        return inference_endpoints(self.edge_vip, nodes)
+
+
+def inference_endpoints(edge_vip: str, node_addresses: list[str]) -> dict:
+    """{"inference": the API at the edge VIP, "inference_nodes": each node's server, for direct checks}."""
+    http, port = ports()["http"], ports()["inference"]
+    api = f"http://{edge_vip}" if http == 80 else f"http://{edge_vip}:{http}"
+    return {"inference": api, "inference_nodes": [f"http://{a}:{port}" for a in node_addresses]}
+
+
+def endpoints() -> dict:
+    """Where the inference platform answers in the topology (the sandbox)."""
+    addresses = [topology()["hosts"][name]["address"] for name in group_hosts(INFERENCE_GROUP)]
+    return inference_endpoints(vip(EDGE_GROUP), addresses)
 
 
 def _parse(path: Path):

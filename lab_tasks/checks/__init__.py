@@ -11,7 +11,7 @@ from testinfra.host import Host
 from lab_tasks.errors import LabError
 from lab_tasks.registry import PROJECT_ROOT, Stage
 from lab_tasks.remote import ensure_reachable, local_host, ssh_host
-from lab_tasks.topology import Inventory, ports, topology
+from lab_tasks.topology import LB_GROUP, Inventory, ports, vip
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Lab:
     def vip(self) -> str:
         """The keepalived virtual IP."""
         if self.inventory is None:
-            return str(topology()["network"]["vip"])
+            return vip(LB_GROUP)
         return self.inventory.vip
 
     @property

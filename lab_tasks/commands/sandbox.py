@@ -1,6 +1,7 @@
 """`lab sandbox ...`: the one-box lab of systemd-nspawn hosts (root only)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from lab_tasks.sandbox import lab
 from lab_tasks.sandbox.image import ensure_image
 from lab_tasks.sandbox.paths import INVENTORY_FILE
 from lab_tasks.sandbox.ssh import ssh_argv
-from lab_tasks.topology import ports
+from lab_tasks.topology import endpoints, ports, vips
 
 
 @click.group("sandbox")
@@ -33,11 +34,19 @@ def status_table(rows: list[lab.HostStatus]) -> Table:
 
 
 def where_things_answer() -> str:
-    """The bridge, the VIP, the inventory and the lab's ports, for people looking for them."""
+    """The bridge, the VIPs, the inventory, the inference API and the lab's ports, for people looking for them."""
     net = lab.network_config()
+    vip_list = "  ".join(f"VIP {address} ({group} group)" for group, address in vips().items())
     port_list = ", ".join(f"{name} {number}" for name, number in ports().items())
-    return (f"bridge {net['bridge']} {net['gateway']}  VIP {net['vip']} (lb group)  inventory {INVENTORY_FILE}\n"
+    return (f"bridge {net['bridge']} {net['gateway']}  {vip_list}  inventory {INVENTORY_FILE}\n"
+            f"inference API {endpoints()['inference']}/v1 (once the capstone is deployed)\n"
             f"ports: {port_list}")
+
+
+def status_json(rows: list[lab.HostStatus]) -> str:
+    """Hosts, VIPs by group and the inference endpoints, as one JSON object."""
+    hosts = [{"name": row.name, "address": row.address, "groups": list(row.groups), "ssh": row.ssh} for row in rows]
+    return json.dumps({"hosts": hosts, "vips": vips(), "endpoints": endpoints()}, indent=2)
 
 
 @sandbox.command("up")
@@ -60,10 +69,14 @@ def down() -> None:
 
 
 @sandbox.command("status")
-def status() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print hosts, VIPs and inference endpoints as JSON.")
+def status(as_json: bool) -> None:
     """Show each lab host, its nspawn PID, address and whether SSH answers."""
     lab.require_root()
     rows = lab.status()
+    if as_json:
+        click.echo(status_json(rows))
+        return
     console = Console(highlight=False, soft_wrap=True)
     console.print(status_table(rows))
     if any(row.pid for row in rows):

@@ -19,7 +19,7 @@ from lab_tasks.sandbox.hosts import LabHost
 from lab_tasks.sandbox.image import Image, ensure_image
 from lab_tasks.sandbox.paths import HOSTS_DIR, INVENTORY_FILE, SSH_KEY, STATE_DIR
 from lab_tasks.sandbox.ssh import ssh_argv
-from lab_tasks.topology import topology
+from lab_tasks.topology import ports, topology, vip_variable, vips
 
 BOOT_TIMEOUT_S = 180
 NSPAWN_RUN_DIR = Path("/run/systemd/nspawn/propagate")
@@ -39,11 +39,23 @@ class HostStatus:
     address: str
     pid: int | None
     ssh: bool
+    groups: tuple[str, ...] = ()
 
 
 def network_config() -> dict:
     """The topology's network section."""
     return topology()["network"]
+
+
+def control_services() -> dict[str, int]:
+    """The control-host services lab hosts may reach (topology `control_services`, ports from ports.yml)."""
+    return {name: ports()[name] for name in network_config().get("control_services", [])}
+
+
+def wanted_rules() -> dict[str, list[list[str]]]:
+    """The tagged iptables rules of this topology, by chain."""
+    net = network_config()
+    return network.wanted_rules(net["bridge"], net["gateway"], net["subnet"], control_services())
 
 
 def lab_hosts() -> list[LabHost]:
@@ -78,7 +90,7 @@ def up(say=print) -> list[HostStatus]:
     image = ensure_image()
     net = network_config()
     network.ensure_bridge(net["bridge"], net["gateway"], net["subnet"])
-    network.ensure_rules(net["bridge"])
+    network.ensure_rules(wanted_rules())
     hosts = lab_hosts()
     booted = [boot(host, image, net["bridge"], say) for host in hosts]
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
@@ -86,7 +98,8 @@ def up(say=print) -> list[HostStatus]:
             if restarted:
                 say(f"{host.name}: restarted units that failed at boot: {restarted}")
     write_inventory()
-    return [HostStatus(host.name, host.address, hostmod.read_pid(host), ssh=True) for host in hosts]
+    return [HostStatus(host.name, host.address, hostmod.read_pid(host), True, host_groups(host.name))
+            for host in hosts]
 
 
 def boot(host: LabHost, image: Image, bridge: str, say) -> bool:
@@ -164,7 +177,12 @@ def status() -> list[HostStatus]:
     pids = [hostmod.read_pid(host) for host in hosts]
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
         reachable = list(pool.map(lambda h, pid: bool(pid) and ssh_ok(h), hosts, pids))
-    return [HostStatus(h.name, h.address, pid, ok) for h, pid, ok in zip(hosts, pids, reachable)]
+    return [HostStatus(h.name, h.address, pid, ok, host_groups(h.name)) for h, pid, ok in zip(hosts, pids, reachable)]
+
+
+def host_groups(name: str) -> tuple[str, ...]:
+    """The topology groups of a host."""
+    return tuple(topology()["hosts"][name]["groups"])
 
 
 def running_host(name: str) -> LabHost:
@@ -183,7 +201,8 @@ def inventory() -> dict:
         for group in spec["groups"]:
             groups.setdefault(group, {"hosts": {}})["hosts"][name] = {"ansible_host": spec["address"]}
     lab_vars = {"ansible_user": "root", "ansible_ssh_private_key_file": str(SSH_KEY),
-                "opslab_vip": net["vip"], "opslab_network": net["subnet"], "opslab_gateway": net["gateway"],
+                **{vip_variable(group): address for group, address in vips().items()},
+                "opslab_network": net["subnet"], "opslab_gateway": net["gateway"],
                 "opslab_domain": topology()["domain"], "opslab_admin_user": topology()["admin_user"]}
     return {"all": {"vars": lab_vars, "children": groups}}
 

@@ -1,13 +1,16 @@
-"""The lab bridge and the few iptables rules that keep lab traffic on it; both removed on `down`."""
+"""The lab bridge and the few iptables rules that keep lab traffic on it and off the control host; both removed
+on `down`."""
 from __future__ import annotations
 
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 
 from lab_tasks.errors import LabError
 
 RULE_TAG = ["-m", "comment", "--comment", "opslab"]
+CHAINS = ("FORWARD", "INPUT")
 
 
 def _ip_json(*args: str) -> list[dict]:
@@ -22,12 +25,20 @@ def ensure_bridge(bridge: str, gateway: str, subnet: str) -> None:
     links = _ip_json("-d", "addr", "show", "dev", bridge)
     if links:
         _check_ours(links[0], bridge, f"{gateway}/{prefix}")
-        return
-    _check_subnet_free(bridge, subnet)
-    for argv in (["link", "add", bridge, "type", "bridge"],
-                 ["addr", "add", f"{gateway}/{prefix}", "dev", bridge],
-                 ["link", "set", bridge, "up"]):
-        subprocess.run(["ip", *argv], check=True)
+    else:
+        _check_subnet_free(bridge, subnet)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    _disable_ipv6(bridge)
+    if not links:
+        subprocess.run(["ip", "addr", "add", f"{gateway}/{prefix}", "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+
+
+def _disable_ipv6(bridge: str) -> None:
+    """No IPv6 on the bridge: the lab is IPv4 only, and the INPUT rules are iptables (IPv4) rules."""
+    switch = Path(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6")
+    if switch.exists() and switch.read_text().strip() != "1":
+        switch.write_text("1\n")
 
 
 def _check_ours(link: dict, bridge: str, cidr: str) -> None:
@@ -55,29 +66,49 @@ def remove_bridge(bridge: str) -> None:
         subprocess.run(["ip", "link", "del", bridge], check=True)
 
 
-def wanted_rules(bridge: str) -> list[list[str]]:
+def forward_rules(bridge: str) -> list[list[str]]:
     """FORWARD rules: lab hosts may talk to each other, nothing is routed into or out of the lab."""
     return [["-i", bridge, "-o", bridge, "-j", "ACCEPT"],
             ["-i", bridge, "-j", "DROP"],
             ["-o", bridge, "-j", "DROP"]]
 
 
-def ensure_rules(bridge: str) -> None:
-    """Insert the tagged FORWARD rules, in order, unless they are there already."""
-    for position, rule in enumerate(wanted_rules(bridge), start=1):
-        if _iptables("-C", "FORWARD", *rule, *RULE_TAG).returncode != 0:
-            _iptables("-I", "FORWARD", str(position), *rule, *RULE_TAG, check=True)
+def input_rules(bridge: str, gateway: str, subnet: str, services: dict[str, int]) -> list[list[str]]:
+    """INPUT rules for what lab hosts send to the control host itself: replies to its own connections
+    (it SSHes into them; they use no DHCP, DNS or NTP), the named services on its bridge address, nothing else.
+    Without them any control-host service bound to all addresses would answer every lab host."""
+    allowed = [["-i", bridge, "-s", subnet, "-d", gateway, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"]
+               for port in services.values()]
+    return [["-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            *allowed,
+            ["-i", bridge, "-j", "DROP"]]
 
 
-def tagged_rules() -> list[str]:
-    """Every FORWARD rule carrying our tag, as `iptables -S` prints it."""
-    listing = _iptables("-S", "FORWARD").stdout.splitlines()
-    return [line for line in listing if '--comment opslab' in line]
+def wanted_rules(bridge: str, gateway: str, subnet: str, services: dict[str, int]) -> dict[str, list[list[str]]]:
+    """Every tagged rule by chain, in order."""
+    return {"FORWARD": forward_rules(bridge), "INPUT": input_rules(bridge, gateway, subnet, services)}
 
 
-def remove_rules() -> None:
-    """Delete every tagged rule."""
-    for line in tagged_rules():
+def ensure_rules(wanted: dict[str, list[list[str]]]) -> None:
+    """Put the tagged rules at the top of each chain, in order; a chain whose tagged rules differ is redone."""
+    for chain, rules in wanted.items():
+        present = all(_iptables("-C", chain, *rule, *RULE_TAG).returncode == 0 for rule in rules)
+        if present and len(tagged_rules(chain)) == len(rules):
+            continue
+        remove_rules(chain)
+        for position, rule in enumerate(rules, start=1):
+            _iptables("-I", chain, str(position), *rule, *RULE_TAG, check=True)
+
+
+def tagged_rules(*chains: str) -> list[str]:
+    """Every rule carrying our tag in the given chains (default FORWARD and INPUT), as `iptables -S` prints it."""
+    listing = [line for chain in chains or CHAINS for line in _iptables("-S", chain).stdout.splitlines()]
+    return [line for line in listing if "--comment opslab" in line]
+
+
+def remove_rules(*chains: str) -> None:
+    """Delete every tagged rule (of the given chains, default all of ours)."""
+    for line in tagged_rules(*chains):
         _iptables("-D", *line.split()[1:], check=True)
 
 

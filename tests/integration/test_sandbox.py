@@ -14,7 +14,7 @@ from lab_tasks.sandbox import hosts as sandbox_hosts
 from lab_tasks.sandbox import lab as sandbox_lab
 from lab_tasks.sandbox import network
 from lab_tasks.sandbox.paths import INVENTORY_FILE, STATE_DIR
-from lab_tasks.topology import topology
+from lab_tasks.topology import topology, vip
 
 
 def pids(hosts) -> dict[str, int | None]:
@@ -60,7 +60,8 @@ def test_unknown_host_is_a_one_line_error(sandbox):
 
 def test_inventory_has_the_topology_groups_and_lab_vars(sandbox):
     inventory = yaml.safe_load(INVENTORY_FILE.read_text())["all"]
-    assert inventory["vars"]["opslab_vip"] == topology()["network"]["vip"]
+    assert inventory["vars"]["opslab_vip"] == vip("lb")
+    assert inventory["vars"]["opslab_edge_vip"] == vip("edge")
     assert Path(inventory["vars"]["ansible_ssh_private_key_file"]).exists()
     for name, spec in topology()["hosts"].items():
         for group in spec["groups"]:

@@ -6,7 +6,7 @@ import pytest
 from lab_tasks.errors import LabError
 from lab_tasks.sandbox import image, lab, network
 from lab_tasks.sandbox.hosts import DOCKER_BASE_IN_HOST, LabHost, nspawn_argv
-from lab_tasks.topology import topology
+from lab_tasks.topology import topology, vip
 
 FAKE_IMAGE = image.Image(Path("/cache/image-x"))
 
@@ -26,6 +26,7 @@ def test_recipe_hash_follows_the_lab_key():
 def test_package_list_has_what_the_stages_need_and_no_comments():
     names = image.packages()
     assert {"openssh-server", "python3-apt", "nginx", "keepalived", "mariadb-server", "docker.io"} <= set(names)
+    assert {"python3-venv", "gcc", "libc6-dev", "nftables"} <= set(names)  # the inference nodes
     assert all(" " not in name and not name.startswith("#") for name in names)
 
 
@@ -41,7 +42,8 @@ def test_only_the_docker_host_gets_docker_privileges():
 
 def test_inventory_groups_addresses_and_vars_come_from_the_topology():
     inventory = lab.inventory()["all"]
-    assert inventory["vars"]["opslab_vip"] == topology()["network"]["vip"]
+    assert inventory["vars"]["opslab_vip"] == vip("lb")
+    assert inventory["vars"]["opslab_edge_vip"] == vip("edge")
     assert inventory["vars"]["ansible_user"] == "root"
     assert inventory["children"]["lb"]["hosts"]["lb1"] == {"ansible_host": topology()["hosts"]["lb1"]["address"]}
     grouped = {name for group in inventory["children"].values() for name in group["hosts"]}
@@ -63,3 +65,67 @@ def test_a_foreign_device_with_the_bridge_name_is_a_conflict():
     with pytest.raises(LabError, match="opslab0 exists but is not the lab bridge"):
         network._check_ours(bridge_link("10.0.0.1"), "opslab0", "10.213.7.1/24")
     network._check_ours(bridge_link("10.213.7.1"), "opslab0", "10.213.7.1/24")
+
+
+def test_input_rules_let_lab_hosts_reach_only_the_wheelhouse_on_the_control_host():
+    rules = lab.wanted_rules()
+    assert rules["FORWARD"] == network.forward_rules("opslab0")
+    assert rules["INPUT"] == [
+        ["-i", "opslab0", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["-i", "opslab0", "-s", "10.213.7.0/24", "-d", "10.213.7.1", "-p", "tcp", "--dport", "8070", "-j", "ACCEPT"],
+        ["-i", "opslab0", "-j", "DROP"],
+    ]
+
+
+def test_without_control_services_the_lab_gets_only_replies():
+    rules = network.input_rules("br9", "192.0.2.1", "192.0.2.0/24", {})
+    assert [rule[-1] for rule in rules] == ["ACCEPT", "DROP"] and "ESTABLISHED,RELATED" in rules[0]
+    assert all(rule[:2] == ["-i", "br9"] for rule in rules)
+
+
+class FakeIptables:
+    """`iptables -C/-I/-S/-D` over an in-memory table, to follow what ensure_rules does."""
+
+    def __init__(self, chains: dict[str, list[str]]):
+        self.chains = chains
+
+    def __call__(self, *args: str, check: bool = False):
+        from types import SimpleNamespace
+        op, chain, rest = args[0], args[1], list(args[2:])
+        lines = self.chains.setdefault(chain, [])
+        if op == "-S":
+            return SimpleNamespace(returncode=0, stdout="".join(f"-A {chain} {line}\n" for line in lines))
+        if op == "-C":
+            return SimpleNamespace(returncode=0 if " ".join(rest) in lines else 1, stdout="")
+        if op == "-I":
+            lines.insert(int(rest[0]) - 1, " ".join(rest[1:]))
+        if op == "-D":
+            lines.remove(" ".join(rest))
+        return SimpleNamespace(returncode=0, stdout="")
+
+
+def test_ensure_rules_is_idempotent_and_replaces_a_stale_rule_set(monkeypatch):
+    fake = FakeIptables({"INPUT": ["-j unrelated"], "FORWARD": []})
+    monkeypatch.setattr(network, "_iptables", fake)
+    tag = " ".join(network.RULE_TAG)
+    old = network.wanted_rules("opslab0", "10.213.7.1", "10.213.7.0/24", {"old": 9999})
+    network.ensure_rules(old)
+    wanted = network.wanted_rules("opslab0", "10.213.7.1", "10.213.7.0/24", {"wheelhouse": 8070})
+    network.ensure_rules(wanted)
+    network.ensure_rules(wanted)
+    assert fake.chains["INPUT"] == [f"{' '.join(rule)} {tag}" for rule in wanted["INPUT"]] + ["-j unrelated"]
+    assert len(network.tagged_rules()) == 6
+    network.remove_rules()
+    assert fake.chains == {"INPUT": ["-j unrelated"], "FORWARD": []}
+
+
+def test_status_json_has_hosts_with_groups_vips_and_inference_endpoints():
+    import json
+
+    from lab_tasks.commands.sandbox import status_json
+    rows = [lab.HostStatus(h.name, h.address, None, False, lab.host_groups(h.name)) for h in lab.lab_hosts()]
+    status = json.loads(status_json(rows))
+    assert status["hosts"][-1] == {"name": "infer2", "address": "10.213.7.72", "groups": ["inference"], "ssh": False}
+    assert status["vips"] == {"lb": "10.213.7.100", "edge": "10.213.7.200"}
+    assert status["endpoints"] == {"inference": "http://10.213.7.200",
+                                   "inference_nodes": ["http://10.213.7.71:8000", "http://10.213.7.72:8000"]}
