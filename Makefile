@@ -34,7 +34,8 @@ test-unit: install ## Run the fast unit tests (no root, no sandbox)
 test-integration: image ## Run the sandbox integration tests
 	$(PYTEST) tests/integration
 
-lint: install ## ansible-lint the roles, playbooks and site.yml
+lint: install ## yamllint (.yamllint) and ansible-lint (.ansible-lint: production profile) the roles, playbooks and site.yml
+	$(VENV)/bin/yamllint --strict roles/ playbooks/ site.yml .ansible-lint .yamllint
 	$(VENV)/bin/ansible-lint roles/ playbooks/ site.yml
 
 clean: ## Take the sandbox down and remove caches (the venv and the image cache stay)
