@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import yaml
 from testinfra.host import Host
 
+from lab_tasks import httpprobe
 from lab_tasks.errors import LabError
 from lab_tasks.registry import PROJECT_ROOT, Stage
 from lab_tasks.remote import ensure_reachable, local_host, ssh_host
@@ -48,6 +50,7 @@ class Lab:
         self.host_names = [target] if target else self._stage_hosts()
         self._connect = connect or self._default_connect
         self._hosts: dict[str, Host] = {}
+        self.drills_dir: Path | None = None  # where `lab drill` results are read; None: its own state dir
 
     def _stage_hosts(self) -> list[str]:
         if self.inventory is None:
@@ -93,6 +96,10 @@ class Lab:
     def ports(self) -> dict[str, int]:
         """Every lab port by name (lab_tasks/ports.yml)."""
         return ports()
+
+    def http_get(self, url: str) -> httpprobe.Reply:
+        """GET `url` from the control host: the one way checks talk HTTP to the lab (recorded states replace it)."""
+        return httpprobe.get(url)
 
     @cached_property
     def vars(self) -> dict:

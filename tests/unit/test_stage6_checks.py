@@ -1,99 +1,41 @@
-"""Stage 6 config checks against a fake lab: the reference config passes, the starting point and
-common mistakes fail."""
-from types import SimpleNamespace
+"""Reading keepalived's own view for the stage 6 checks: systemd's properties and the journal since it started.
 
-from lab_tasks.checks import stage6_keepalived as checks
+The journal lines are recorded from the sandbox (keepalived 2.2.7 on Debian 12). Whole-task near misses
+live in hoststates_stage6.py (run by test_near_misses.py).
+"""
+from lab_tasks.checks.stage6_keepalived import Keepalived, parse_journal, parse_show
 
-ADDRESSES = {"lb1": "10.213.7.11", "lb2": "10.213.7.12"}
-
-
-def conf(host: str, state: str = "BACKUP", priority: int = 150, nopreempt: bool = True,
-         fall: str = "fall 1", peer: str | None = None) -> str:
-    other = peer or ADDRESSES["lb2" if host == "lb1" else "lb1"]
-    return f"""
-global_defs {{
-    router_id {host}
-    enable_script_security
-}}
-vrrp_script chk_nginx {{
-    script "/usr/bin/curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:8081/health"
-    interval 1
-    {fall}
-    rise 2
-}}
-vrrp_instance VI_LB {{
-    state {state}
-    interface host0
-    virtual_router_id 51
-    priority {priority}
-    {'nopreempt' if nopreempt else ''}
-    authentication {{
-        auth_type PASS
-        auth_pass abcd1234
-    }}
-    unicast_src_ip {ADDRESSES[host]}
-    unicast_peer {{
-        {other}
-    }}
-    virtual_ipaddress {{
-        10.213.7.100/24 dev host0
-    }}
-    track_script {{
-        chk_nginx
-    }}
-    notify /usr/local/sbin/keepalived-notify
-}}
+JOURNAL = """\
+1796205767.533986 lb1 systemd[1]: keepalived.service: Got notification message from PID 1025
+1796205767.534576 lb1 Keepalived[1024]: Startup complete
+1796205767.557556 lb1 Keepalived_vrrp[1025]: VRRP_Script(chk_nginx) succeeded
+1796205767.557568 lb1 Keepalived_vrrp[1025]: (VI_LB) Entering BACKUP STATE
+1796205770.581882 lb1 Keepalived_vrrp[1025]: (VI_LB) Entering MASTER STATE
+1796205771.550026 lb1 Keepalived_vrrp[1025]: Script `chk_nginx` now returning 7
+1796205772.549075 lb1 Keepalived_vrrp[1025]: VRRP_Script(chk_nginx) failed (exited with status 7)
+1796205772.549090 lb1 Keepalived_vrrp[1025]: (VI_LB) Entering FAULT STATE
+1796205773.000000 lb1 Keepalived[1024]: Reloading ...
+1796205774.558646 lb1 Keepalived_vrrp[1025]: VRRP_Script(chk_nginx) succeeded
+1796205774.558659 lb1 Keepalived_vrrp[1025]: (VI_LB) Entering BACKUP STATE
 """
 
 
-class FakeLab:
-    """Just enough of Lab: each host's `cat` of keepalived.conf."""
-
-    vip = "10.213.7.100"
-    ports = {"http": 80}
-    vars: dict = {}
-
-    def __init__(self, configs: dict[str, str]):
-        self.configs = configs
-
-    def hosts(self, group=None):
-        return list(ADDRESSES)
-
-    def address(self, name):
-        return ADDRESSES[name]
-
-    def host(self, name):
-        return SimpleNamespace(run=lambda command: SimpleNamespace(rc=0, stdout=self.configs[name], stderr=""))
+def test_parse_show():
+    assert parse_show("ActiveState=active\nExecMainStartTimestamp=@1796205767\nbroken\n") == {
+        "ActiveState": "active", "ExecMainStartTimestamp": "@1796205767"}
 
 
-REFERENCE = {"lb1": conf("lb1"), "lb2": conf("lb2", priority=100)}
-STARTING_POINT = {h: f"global_defs {{\n    router_id {h}\n}}\n" for h in ADDRESSES}
+def test_journal_gives_states_in_order_last_script_result_and_reload_time():
+    states, scripts, loaded = parse_journal(JOURNAL.splitlines(), 1796205767)
+    assert states == [("VI_LB", "BACKUP"), ("VI_LB", "MASTER"), ("VI_LB", "FAULT"), ("VI_LB", "BACKUP")]
+    assert scripts == {"chk_nginx": "succeeded"}
+    assert loaded == 1796205773
 
 
-def test_reference_config_passes():
-    lab = FakeLab(REFERENCE)
-    for check in (checks.track_script, checks.preemption, checks.unicast):
-        assert check(lab).passed, check(lab).evidence
+def test_state_is_the_last_one_entered_per_instance():
+    view = Keepalived(True, True, 1, [("VI_LB", "BACKUP"), ("VI_2", "MASTER"), ("VI_LB", "MASTER")], {}, 1)
+    assert view.state("VI_LB") == "MASTER" and view.state("VI_2") == "MASTER" and view.state("VI_3") == ""
 
 
-def test_starting_point_fails():
-    lab = FakeLab(STARTING_POINT)
-    for check in (checks.track_script, checks.preemption, checks.unicast):
-        assert not check(lab).passed
-
-
-def test_master_state_or_equal_priorities_fail_preemption():
-    assert not checks.preemption(FakeLab({**REFERENCE, "lb1": conf("lb1", state="MASTER")})).passed
-    assert not checks.preemption(FakeLab({**REFERENCE, "lb2": conf("lb2", priority=150)})).passed
-    assert not checks.preemption(FakeLab({**REFERENCE, "lb2": conf("lb2", priority=100, nopreempt=False)})).passed
-
-
-def test_track_script_needs_fall_and_rise():
-    lab = FakeLab({**REFERENCE, "lb2": conf("lb2", priority=100, fall="")})
-    verdict = checks.track_script(lab)
-    assert not verdict.passed and "lb2" in verdict.evidence
-
-
-def test_unicast_peer_must_be_the_other_host():
-    lab = FakeLab({**REFERENCE, "lb1": conf("lb1", peer="10.213.7.99")})
-    assert not checks.unicast(lab).passed
+def test_without_reload_the_config_was_read_at_start():
+    assert parse_journal(JOURNAL.splitlines()[:4], 1796205767)[2] == 1796205767

@@ -1,6 +1,6 @@
-"""Parsing `nginx -T` output and keepalived.conf for the stage 5 and 6 checks."""
-from lab_tasks import nginxconf
-from lab_tasks.checks.stage6_keepalived import parse_keepalived
+"""Parsing `nginx -T` output and keepalived.conf (lab_tasks.parsers) for the stage 5 and 6 checks."""
+from lab_tasks.parsers import keepalived
+from lab_tasks.parsers import nginx as nginxconf
 
 NGINX_T = """
 # configuration file /etc/nginx/nginx.conf:
@@ -71,7 +71,7 @@ vrrp_instance VI_LB {
 
 
 def test_keepalived_tree():
-    root = parse_keepalived(KEEPALIVED)
+    root = keepalived.parse(KEEPALIVED)
     script, instance = root.find("vrrp_script")[0], root.find("vrrp_instance")[0]
     assert script.first_arg("script") == "/usr/bin/curl -fsS http://127.0.0.1:8081/health"
     assert script.first_arg("interval") == "1" and not script.find("rise")
@@ -87,3 +87,49 @@ def test_backend_name_from_a_page():
     assert Reply(200, "<h1>opslab backend app1</h1>\n").backend == "app1"
     assert Reply(200, "Welcome to nginx!").backend == ""
     assert not Reply(None, error="ConnectError").ok and Reply(204).ok
+
+
+def test_keepalived_helpers():
+    root = keepalived.parse(KEEPALIVED + """
+vrrp_instance VI_2 {
+    virtual_ipaddress {
+        10.213.7.100/24 dev host0
+    }
+    track_script {
+        chk_nginx weight -20
+    }
+}
+""")
+    first, second = keepalived.instances(root)
+    assert list(keepalived.scripts(root)) == ["chk_nginx"]
+    assert keepalived.tracked_scripts(first) == {"chk_nginx": []}
+    assert keepalived.tracked_scripts(second) == {"chk_nginx": ["weight", "-20"]}
+    assert keepalived.virtual_addresses(first) == [] and keepalived.virtual_addresses(second) == ["10.213.7.100"]
+
+
+def test_keepalived_unbalanced_quote_does_not_raise():
+    root = keepalived.parse('vrrp_script x {\n    script "/bin/check\n}\n')
+    assert root.find("vrrp_script")[0].first_arg("script") == '"/bin/check'
+
+
+def test_effective_follows_inheritance_not_search():
+    root = nginxconf.parse("""
+http {
+    proxy_next_upstream error;
+    server {
+        listen 80;
+        location / { proxy_pass http://app; }
+        location /api { proxy_pass http://app; proxy_next_upstream off; }
+    }
+}""")
+    server = nginxconf.servers(root)[0]
+    root_location, api = nginxconf.proxying_locations(server, "app")
+    assert nginxconf.effective(root, root_location, "proxy_next_upstream") == ["error"]
+    assert nginxconf.effective(root, api, "proxy_next_upstream") == ["off"]
+    assert nginxconf.effective(root, api, "proxy_next_upstream_tries") is None
+    assert nginxconf.path_to(root, api) == [root, root.children[0], server]
+
+
+def test_seconds():
+    assert [nginxconf.seconds(v) for v in ("10", "10s", "1m30s", "500ms", "2h")] == [10, 10, 90, 0.5, 7200]
+    assert nginxconf.seconds("ten") is None and nginxconf.seconds("10x") is None

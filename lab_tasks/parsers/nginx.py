@@ -109,3 +109,44 @@ def proxied_upstreams(server: Directive) -> set[str]:
 def directive_values(block: Directive, name: str) -> list[list[str]]:
     """Arguments of every `name` directive in a block or below it."""
     return [d.args for d in block.walk() if d.name == name]
+
+
+def path_to(root: Directive, target: Directive) -> list[Directive]:
+    """The blocks from `root` down to `target`'s parent ([] when `target` is not below `root`)."""
+    for child in root.children:
+        if child is target:
+            return [root]
+        below = path_to(child, target)
+        if below:
+            return [root, *below]
+    return []
+
+
+def effective(root: Directive, block: Directive, name: str) -> list[str] | None:
+    """Arguments of `name` as nginx applies them in `block`: its own, else the nearest enclosing block's.
+
+    Inheritance, not a search: a `proxy_next_upstream` in another location does not count here."""
+    for scope in [block, *reversed(path_to(root, block))]:
+        found = scope.find(name)
+        if found:
+            return found[-1].args
+    return None
+
+
+def proxying_locations(server: Directive, upstream: str) -> list[Directive]:
+    """The locations (or the server itself) whose proxy_pass sends requests to `upstream`."""
+    found = []
+    for block in [server, *server.walk()]:
+        passes = block.find("proxy_pass") if block.is_block else []
+        if any(re.sub(r"^https?://", "", d.args[0]).split("/")[0] == upstream for d in passes if d.args):
+            found.append(block)
+    return found
+
+
+def seconds(value: str) -> float | None:
+    """An nginx time (`10`, `10s`, `1m`, `500ms`, `1m30s`) in seconds, or None when it is not one."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "y": 31536000}
+    parts = re.findall(r"(\d+)(ms|[smhdwMy]?)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(int(n) * units[u or "s"] for n, u in parts)

@@ -1,0 +1,1 @@
+"""Parsers for the configuration the checks read on lab hosts: `nginx -T` output and keepalived.conf."""
