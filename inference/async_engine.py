@@ -1,9 +1,14 @@
 """The server's front door: AsyncLLMEngine steps an LLMEngine on a background thread and streams each
-request's RequestOutputs into its own asyncio queue."""
+request's RequestOutputs into its own asyncio queue.
+
+A request the engine fails (finish_reason "error") raises RequestFailed from its own stream only. If the loop
+thread itself dies, every stream raises that error and `is_alive` turns False (the server then exits).
+"""
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -15,6 +20,12 @@ import torch
 from inference.config import EngineConfig, ModelConfig, SamplingParams
 from inference.llm_engine import EngineStats, LLMEngine
 from inference.outputs import RequestOutput
+
+log = logging.getLogger(__name__)
+
+
+class RequestFailed(RuntimeError):
+    """The engine could not finish this one request (the others go on); the message says why."""
 
 
 class AsyncLLMEngine:
@@ -110,6 +121,10 @@ class AsyncLLMEngine:
         self._command(("add", request_id, prompt_token_ids, params, time.monotonic()))
         return self._stream(request_id, stream)
 
+    def check_fits_together(self, lengths: list[int]) -> None:
+        """ValueError unless sequences growing to these lengths can hold their KV blocks at once."""
+        self.engine.check_fits_together(lengths)
+
     def abort(self, request_id: str) -> None:
         """Free the request's KV blocks before the next step; its stream ends with finish_reason "abort"."""
         self._command(("abort", request_id))
@@ -126,6 +141,8 @@ class AsyncLLMEngine:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
+                if item.error is not None:
+                    raise RequestFailed(item.error)
                 yield item
         finally:
             if not finished:  # the consumer went away: free the request's blocks
@@ -155,7 +172,8 @@ class AsyncLLMEngine:
                     self._wakeup.clear()
                 self.last_step_time = time.monotonic()
             self._apply_commands()  # aborts queued by stop()
-        except Exception as error:  # the engine is broken: fail every stream instead of hanging them
+        except BaseException as error:  # the engine is broken: fail every stream instead of hanging them
+            log.critical("engine loop died", exc_info=error)
             self.error = error
             self._loop.call_soon_threadsafe(self._fail_all, error)
 
@@ -172,8 +190,9 @@ class AsyncLLMEngine:
              arrival_time: float) -> None:
         try:
             self.engine.add_request(request_id, prompt_token_ids, params, arrival_time)
-        except ValueError as error:
-            self._loop.call_soon_threadsafe(self._deliver_error, request_id, error)
+        except Exception as error:  # this request cannot start; the loop goes on
+            failure = error if isinstance(error, ValueError) else RequestFailed(f"{type(error).__name__}: {error}")
+            self._loop.call_soon_threadsafe(self._deliver_error, request_id, failure)
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         if outputs:

@@ -5,11 +5,20 @@ Every class validates itself on construction and raises ValueError on bad input 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 ROPE_SCALING_TYPES = ("llama3", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
+
+# What the sampler can take: torch.Generator.manual_seed reads a seed as a signed or unsigned 64-bit integer;
+# token counts and top_k become int32/int64 tensors; a stop string is searched in the text after every token.
+SEED_MIN, SEED_MAX = -2**63, 2**64 - 1
+INT32_MAX = 2**31 - 1
+MAX_LOGPROBS = 20
+MAX_STOP_STRING_CHARS = 256
+MIN_TEMPERATURE = 1e-5  # below this, softmax(logits / t) overflows: sample greedily instead (as vLLM does)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -148,7 +157,7 @@ class EngineConfig:
 class SamplingParams:
     """How one request picks its tokens and when it stops."""
 
-    temperature: float = 1.0  # 0 = greedy (argmax)
+    temperature: float = 1.0  # 0 (below MIN_TEMPERATURE) = greedy (argmax)
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     min_p: float = 0.0
@@ -168,17 +177,36 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _require(_is_number(value) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
         _require(self.temperature >= 0, "temperature must be >= 0")
         _require(0 < self.top_p <= 1, "top_p must be in (0, 1]")
-        _require(isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0 (0 = off)")
+        _require(_is_int(self.top_k) and 0 <= self.top_k <= INT32_MAX,
+                 f"top_k must be an int in [0, {INT32_MAX}] (0 = off)")
         _require(0 <= self.min_p <= 1, "min_p must be in [0, 1]")
         _require(self.repetition_penalty > 0, "repetition_penalty must be > 0")
         _require(-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]")
         _require(-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]")
-        _require(isinstance(self.max_tokens, int) and self.max_tokens > 0, "max_tokens must be an int > 0")
-        _require(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
-        _require(self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]")
+        _require(_is_int(self.max_tokens) and 0 < self.max_tokens <= INT32_MAX,
+                 f"max_tokens must be an int in [1, {INT32_MAX}]")
+        _require(all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_STRING_CHARS for s in self.stop),
+                 f"stop strings must be non-empty strings of at most {MAX_STOP_STRING_CHARS} characters")
+        _require(all(_is_int(t) and 0 <= t <= INT32_MAX for t in self.stop_token_ids),
+                 "stop_token_ids must be token ids (ints >= 0)")
+        _require(self.seed is None or (_is_int(self.seed) and SEED_MIN <= self.seed <= SEED_MAX),
+                 f"seed must be an int in [{SEED_MIN}, {SEED_MAX}] (64 bits)")
+        _require(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+                 f"logprobs must be an int in [0, {MAX_LOGPROBS}]")
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -31,7 +31,10 @@ class LLM:
 
     def generate(self, prompts: list[str] | list[list[int]] | str,
                  params: SamplingParams | list[SamplingParams] | None = None) -> list[CompletionOutput]:
-        """Run every prompt to completion; results come back in prompt order."""
+        """Run every prompt to completion; results come back in prompt order.
+
+        A request the engine fails ends with finish_reason "error" and its reason in `.error`; the others finish.
+        """
         prompts = [prompts] if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)) else prompts
         params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(params_list) != len(prompts):
@@ -55,5 +58,6 @@ def _accumulate(result: CompletionOutput, output: RequestOutput) -> None:
     result.text += output.text
     result.token_ids.extend(output.token_ids)
     result.finish_reason = output.finish_reason
+    result.error = output.error
     if result.logprobs is not None and output.logprobs:
         result.logprobs.extend(output.logprobs)

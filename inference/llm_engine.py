@@ -1,10 +1,13 @@
 """The engine's step loop, top-down: LLMEngine.step() = schedule → run the model → post-process each sequence.
 
 `LLMEngine` owns the scheduler, the block manager and the model runner; the offline `LLM` (llm.py) and the
-server's `AsyncLLMEngine` (async_engine.py) both drive it.
+server's `AsyncLLMEngine` (async_engine.py) both drive it. What goes wrong with one request's data (its
+sampling, its detokenization, its stop strings) finishes that request with finish_reason "error" and frees
+its blocks; a model forward that raises fails the sequences of that step. Either way the loop goes on.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from inference.sampling import TokenLogprob
 from inference.scheduler import Scheduler
 from inference.sequence import Sequence
 
+log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class EngineStats:
@@ -87,14 +91,23 @@ class LLMEngine:
             raise ValueError("the prompt is empty")
         if not all(0 <= t < self.model_config.vocab_size for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
+        if not all(0 <= t < self.model_config.vocab_size for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {self.model_config.vocab_size})")
         if len(prompt_token_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(prompt_token_ids)} tokens; max_model_len is {self.max_model_len}")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
-        longest = min(len(prompt_token_ids) + params.max_tokens, self.max_model_len)
-        if self.block_manager.blocks_for(longest) > self.block_manager.num_blocks:
-            raise ValueError(f"request needs up to {longest} tokens of KV cache but the cache holds "
-                             f"{self.block_manager.num_blocks * self.block_manager.block_size}: it can never fit")
+        self.check_fits_together([len(prompt_token_ids) + params.max_tokens])
+
+    def check_fits_together(self, lengths: list[int]) -> None:
+        """Raise ValueError unless sequences growing to these lengths (capped at max_model_len) can hold their
+        KV blocks at the same time: a request that can never fit, or n choices that would only evict each other."""
+        manager = self.block_manager
+        longest = [min(length, self.max_model_len) for length in lengths]
+        if sum(manager.blocks_for(length) for length in longest) > manager.num_blocks:
+            what = "request needs" if len(longest) == 1 else f"{len(longest)} sequences together need"
+            raise ValueError(f"{what} up to {sum(longest)} tokens of KV cache but the cache holds "
+                             f"{manager.num_blocks * manager.block_size}: it can never fit")
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     arrival_time: float | None = None) -> Sequence:
@@ -154,14 +167,20 @@ class LLMEngine:
         result = StepOutput(num_preempted=len(scheduled.preempted))
         if not scheduled.is_empty:
             run_start = time.monotonic()
-            ran = self.runner.run(scheduled.chunks)
-            result.model_elapsed = time.monotonic() - run_start - ran.prepare_seconds
-            for chunk in scheduled.chunks:
-                self._count_tokens(result, chunk)
-                chunk.seq.num_computed_tokens += chunk.num_new_tokens
-                self.block_manager.cache_computed_blocks(chunk.seq)
-            result.outputs = [self._postprocess(seq, token_id, logprob)
-                              for seq, token_id, logprob in zip(ran.seqs, ran.token_ids, ran.logprobs)]
+            try:
+                ran = self.runner.run(scheduled.chunks)
+            except Exception as error:  # the batch failed as a whole: fail its sequences, keep the engine
+                log.exception("model step failed; failing its %d sequences", len(scheduled.chunks))
+                result.outputs = [self._fail(chunk.seq, error, logged=True) for chunk in scheduled.chunks]
+            else:
+                result.model_elapsed = time.monotonic() - run_start - ran.prepare_seconds
+                for chunk in scheduled.chunks:
+                    self._count_tokens(result, chunk)
+                    chunk.seq.num_computed_tokens += chunk.num_new_tokens
+                    self.block_manager.cache_computed_blocks(chunk.seq)
+                result.outputs = [self._postprocess_or_fail(seq, token_id, logprob)
+                                  for seq, token_id, logprob in zip(ran.seqs, ran.token_ids, ran.logprobs)]
+                result.outputs += [self._fail(seq, error) for seq, error in ran.failed]
         self.num_steps += 1
         self.last_step_time = time.monotonic()
         result.elapsed = self.last_step_time - start
@@ -173,6 +192,25 @@ class LLMEngine:
             result.num_decode_tokens += 1
         else:
             result.num_prefill_tokens += chunk.num_new_tokens
+
+    def _postprocess_or_fail(self, seq: Sequence, token_id: int, logprob: TokenLogprob | None) -> RequestOutput:
+        try:
+            return self._postprocess(seq, token_id, logprob)
+        except Exception as error:
+            return self._fail(seq, error)
+
+    def _fail(self, seq: Sequence, error: Exception, logged: bool = False) -> RequestOutput:
+        """Finish one request with finish_reason "error" and free its blocks (safe however far it had got)."""
+        if not logged:
+            log.error("request %s failed", seq.request_id, exc_info=error)
+        self.requests.pop(seq.request_id, None)
+        self.scheduler.finish(seq, "error")
+        self.runner.release(seq.request_id)
+        return RequestOutput(
+            request_id=seq.request_id, text="", token_ids=[], finished=True, finish_reason="error",
+            num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens, logprobs=None,
+            arrival_time=seq.arrival_time, first_scheduled_time=seq.first_scheduled_time,
+            first_token_time=seq.first_token_time, error=f"{type(error).__name__}: {error}")
 
     def _postprocess(self, seq: Sequence, token_id: int, logprob: TokenLogprob | None) -> RequestOutput:
         request = self.requests[seq.request_id]

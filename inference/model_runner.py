@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 import torch
@@ -47,6 +47,7 @@ class RunnerOutput:
     token_ids: list[int]
     logprobs: list[TokenLogprob | None]
     prepare_seconds: float = 0.0  # host time spent building the step's tensors
+    failed: list[tuple[Sequence, Exception]] = field(default_factory=list)  # sequences whose sampling raised
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -120,10 +121,39 @@ class ModelRunner:
         return self._sample(logits, [chunks[i].seq for i in rows], 0.0)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence], prepared: float) -> RunnerOutput:
+        """Sample every row at once; a row whose parameters make sampling raise fails alone."""
+        rows, kept, failed = [], [], []
+        for i, seq in enumerate(seqs):
+            try:
+                rows.append(self._sampling_row(seq))
+                kept.append(i)
+            except Exception as error:
+                failed.append((seq, error))
+        if len(kept) < len(seqs):
+            logits, seqs = logits[kept], [seqs[i] for i in kept]
         if not seqs:
-            return RunnerOutput([], [], [], prepared)
-        token_ids, logprobs = sample(logits, [self._sampling_row(seq) for seq in seqs])
-        return RunnerOutput(seqs, token_ids, logprobs, prepared)
+            return RunnerOutput([], [], [], prepared, failed)
+        try:
+            token_ids, logprobs = sample(logits, rows)
+        except Exception:
+            # find the row that breaks the batch (rows drawn before the failure move their generators on once)
+            return self._sample_row_by_row(logits, seqs, rows, prepared, failed)
+        return RunnerOutput(seqs, token_ids, logprobs, prepared, failed)
+
+    @staticmethod
+    def _sample_row_by_row(logits: torch.Tensor, seqs: list[Sequence], rows: list[SamplingRow], prepared: float,
+                           failed: list[tuple[Sequence, Exception]]) -> RunnerOutput:
+        output = RunnerOutput([], [], [], prepared, failed)
+        for i, (seq, row) in enumerate(zip(seqs, rows)):
+            try:
+                (token_id,), (logprob,) = sample(logits[i:i + 1], [row])
+            except Exception as error:
+                failed.append((seq, error))
+                continue
+            output.seqs.append(seq)
+            output.token_ids.append(token_id)
+            output.logprobs.append(logprob)
+        return output
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepInputs:
         """Flat lists for every scheduled token, then one tensor each."""

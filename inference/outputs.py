@@ -14,13 +14,14 @@ class RequestOutput:
     text: str  # new text, complete UTF-8 characters only
     token_ids: list[int]  # new token ids
     finished: bool
-    finish_reason: str | None  # "stop" | "length" | "abort" | None
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None
     num_prompt_tokens: int
     num_output_tokens: int
     logprobs: list[TokenLogprob] | None
     arrival_time: float  # time.monotonic()
     first_scheduled_time: float | None  # None while it waits for its first chunk
     first_token_time: float | None
+    error: str | None = None  # why the engine failed this request (finish_reason "error"); others go on
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class CompletionOutput:
     finish_reason: str | None
     prompt_token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
+    error: str | None = None  # set when finish_reason is "error"
 
 
 @dataclass(slots=True)

@@ -258,3 +258,148 @@ def test_any_mix_of_adds_aborts_and_steps_returns_every_block(hf_model, ops):
     manager = engine.block_manager
     assert manager.num_free_blocks == manager.num_blocks and not engine.requests
     assert all(block.ref_count == 0 for block in manager.blocks)
+
+
+class _ExplodingDetokenizer:
+    """Stands in for one request's detokenizer: its second token raises."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def push(self, token_id: int) -> str:
+        self.calls += 1
+        if self.calls == 2:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected decode failure")
+        return "a"
+
+    def flush(self) -> str:
+        return ""
+
+
+def _run_to_end(engine) -> dict:
+    outputs: dict[str, list] = {}
+    while engine.has_unfinished():
+        for output in engine.step().outputs:
+            outputs.setdefault(output.request_id, []).append(output)
+    return outputs
+
+
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1])
+def test_params_the_sampler_cannot_take_are_refused_up_front(letters_llm, seed):
+    """A 65-bit seed used to reach torch.Generator.manual_seed inside the step and kill the engine loop."""
+    for bad in (dict(seed=seed), dict(top_k=2**63), dict(temperature=float("nan")), dict(top_p=float("inf")),
+                dict(repetition_penalty=float("inf")), dict(max_tokens=2.0), dict(logprobs=21), dict(stop=["x" * 257]),
+                dict(stop_token_ids=[-1])):
+        with pytest.raises(ValueError):
+            letters_llm.generate(["abc"], SamplingParams(**bad))
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        letters_llm.generate(["abc"], SamplingParams(stop_token_ids=[258]))
+    edge = SamplingParams(temperature=1e-9, top_k=2**31 - 1, seed=2**64 - 1, max_tokens=3)
+    assert edge.is_greedy and letters_llm.generate(["abc"], edge)[0].finish_reason == "length"
+    assert not letters_llm.engine.has_unfinished()
+
+
+def test_a_request_whose_detokenizer_or_sampler_raises_fails_alone(letters_llm, monkeypatch):
+    """Fault injection: one request's detokenizer raises, another's generator cannot be made, a third's row breaks
+    the batched sampler. Those three end with finish_reason "error"; the others give what they give alone."""
+    import inference.model_runner as model_runner
+
+    real_make_generator, real_sample = model_runner.make_generator, model_runner.sample
+
+    def make_generator(seed, device):
+        if seed == 13:
+            raise OverflowError("injected: no generator for seed 13")
+        return real_make_generator(seed, device)
+
+    def sample(logits, rows):
+        if any(row.params.seed == 666 for row in rows):
+            raise RuntimeError("injected: seed 666 breaks the batch")
+        return real_sample(logits, rows)
+
+    monkeypatch.setattr(model_runner, "make_generator", make_generator)
+    monkeypatch.setattr(model_runner, "sample", sample)
+    engine = letters_llm.engine
+    good = {"greedy": ("abc", SamplingParams(temperature=0, max_tokens=8)),
+            "seeded": ("xyz", SamplingParams(temperature=0.8, seed=7, max_tokens=8)),
+            "stopped": ("abc", SamplingParams(temperature=0, max_tokens=8, stop=["zz"]))}
+    bad = {"bad-detok": ("abc", SamplingParams(temperature=0, max_tokens=8)),
+           "bad-generator": ("abc", SamplingParams(temperature=0.8, seed=13, max_tokens=8)),
+           "bad-sample": ("abc", SamplingParams(temperature=0.8, seed=666, max_tokens=8))}
+    for request_id, (prompt, params) in {**good, **bad}.items():
+        engine.add_request(request_id, prompt, params)
+    engine.requests["bad-detok"].stream.detokenizer = _ExplodingDetokenizer()
+    outputs = _run_to_end(engine)
+    for request_id in bad:
+        last = outputs[request_id][-1]
+        assert (last.finished, last.finish_reason) == (True, "error") and last.error, request_id
+    assert "injected" in outputs["bad-generator"][-1].error and "injected" in outputs["bad-sample"][-1].error
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert not engine.requests and not engine.runner.generators
+    for request_id, (prompt, params) in good.items():
+        alone = letters_llm.generate([prompt], params)[0]
+        assert [t for out in outputs[request_id] for t in out.token_ids] == alone.token_ids, request_id
+        assert "".join(out.text for out in outputs[request_id]) == alone.text
+        assert outputs[request_id][-1].finish_reason == alone.finish_reason != "error"
+
+
+def test_a_failed_model_step_fails_its_sequences_and_the_engine_goes_on(hf_model, monkeypatch):
+    llm = tiny_llm(hf_model)
+    engine = llm.engine
+    real_run, calls = engine.runner.run, []
+
+    def run_fails_once(chunks):
+        calls.append(len(chunks))
+        if len(calls) == 2:
+            raise RuntimeError("injected kernel failure")
+        return real_run(chunks)
+
+    monkeypatch.setattr(engine.runner, "run", run_fails_once)
+    for i, prompt in enumerate(random_prompts([5, 9])):
+        engine.add_request(f"r{i}", prompt, SamplingParams(temperature=0, max_tokens=6))
+    outputs = _run_to_end(engine)
+    assert [outputs[f"r{i}"][-1].finish_reason for i in range(2)] == ["error", "error"]
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks and not engine.requests
+    after = llm.generate(random_prompts([7], seed=4), GREEDY)[0]
+    assert after.finish_reason == "length" and len(after.token_ids) == 12
+    failed = LLM(engine=engine)
+    engine.runner.run = lambda chunks: (_ for _ in ()).throw(RuntimeError("injected"))
+    result = failed.generate([[1, 2, 3]], GREEDY)[0]
+    assert result.finish_reason == "error" and "injected" in result.error
+
+
+def test_async_engine_fails_one_stream_and_keeps_serving_the_others(letters_llm):
+    from inference.async_engine import RequestFailed
+
+    async def scenario():
+        engine = AsyncLLMEngine(letters_llm.engine)
+        await engine.start()
+        real_add = engine.engine.add_request
+
+        def add_request(request_id, *args):
+            seq = real_add(request_id, *args)
+            if request_id == "bad":
+                engine.engine.requests[request_id].stream.detokenizer = _ExplodingDetokenizer()
+            return seq
+
+        engine.engine.add_request = add_request
+        params = SamplingParams(temperature=0, max_tokens=10)
+        streams = {rid: engine.add_request(rid, "abc", params) for rid in ("good-1", "bad", "good-2")}
+
+        async def consume(stream):
+            try:
+                return [out async for out in stream]
+            except RequestFailed as error:
+                return error
+
+        results = dict(zip(streams, await asyncio.gather(*(consume(s) for s in streams.values()))))
+        later = [out async for out in engine.add_request("later", "xyz", params)]
+        stats, alive = engine.stats(), engine.is_alive
+        del engine.engine.add_request
+        await engine.stop()
+        return results, later, stats, alive
+
+    results, later, stats, alive = asyncio.run(scenario())
+    assert isinstance(results["bad"], RequestFailed) and "injected" in str(results["bad"])
+    assert results["good-1"][-1].finish_reason == results["good-2"][-1].finish_reason == "length"
+    assert later[-1].finish_reason == "length" and alive
+    assert stats.num_free_blocks == stats.num_total_blocks
