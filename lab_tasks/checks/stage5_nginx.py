@@ -286,11 +286,11 @@ def tls_problems(lab: Lab) -> list[str]:
     key_file = host.file(key)
     if not key_file.exists:
         problems.append(f"the key {key} is missing")
-    elif key_file.user != "root" or key_file.mode & 0o077:
-        who = [w for w, bits in (("its group", 0o070), ("everyone", 0o007)) if key_file.mode & bits]
-        problems.append(f"the key {key} is owned by {key_file.user}" if key_file.user != "root" else
-                        f"the key {key} is open to {' and '.join(who)} ({key_file.mode:04o}); "
-                        "the goal asks that only root can read it")
+    elif key_file.user != "root":
+        problems.append(f"the key {key} belongs to {key_file.user}; the goal asks that only root can read it")
+    elif key_file.mode & 0o044:
+        who = " and ".join(w for w, bits in (("its group", 0o040), ("everyone", 0o004)) if key_file.mode & bits)
+        problems.append(f"the key {key} is readable by {who}; the goal asks that only root can read it")
     return problems
 
 

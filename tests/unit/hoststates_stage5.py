@@ -15,8 +15,8 @@ from lab_tasks.httpprobe import Reply
 STAGE = "stage5"
 LB, APP1, APP2 = "10.213.7.11", "10.213.7.21", "10.213.7.22"
 INVENTORY = {"lb": {"lb1": LB, "lb2": "10.213.7.12"}, "app": {"app1": APP1, "app2": APP2}}
-ACCESS_LOG = "/var/log/nginx/lb.access.log"
-CERT, KEY = "/etc/nginx/tls/opslab-lb.crt", "/etc/nginx/tls/opslab-lb.key"
+ACCESS_LOG = "/var/log/nginx/balancer.log"  # a learner's own names, not the reference solution's
+CERT, KEY = "/etc/ssl/lb1/cert.pem", "/etc/ssl/lb1/key.pem"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUB\n-----END CERTIFICATE-----\n"
 OTHER_PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUZ\n-----END CERTIFICATE-----\n"
 PAGE = "<h1>opslab backend {}</h1>"
@@ -24,8 +24,8 @@ STOCK = "<title>Welcome to nginx!</title>"
 
 
 def cmd(*argv: str) -> str:
-    """The command line lab_tasks.checks.common.run sends for `argv`."""
-    return "LC_ALL=C " + " ".join(shlex.quote(a) for a in argv)
+    """The command line lab_tasks.checks.common.run sends for `argv` (FakeHost drops its locale prefix)."""
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def nginx_t(*, method="least_conn;", app1="weight=2 max_fails=2 fail_timeout=10s",
@@ -171,9 +171,9 @@ NEAR_MISSES = [
           http(health=[Reply(200, PAGE.format("app1"))])),
     _miss("health", "health answers with an empty body", "empty body", replies=http(health=[Reply(200, "")])),
     _miss("health", "health only on port 80", "answers 404", replies=http(health=[Reply(404, "")])),
-    _miss("tls", "the private key is world-readable", ("open to its group and everyone", "only root can read it"),
+    _miss("tls", "the private key is world-readable", ("readable by its group and everyone", "only root can read it"),
           lb1(key_mode=0o644)),
-    _miss("tls", "the private key is group-readable", "open to its group", lb1(key_mode=0o640)),
+    _miss("tls", "the private key is group-readable", "readable by its group", lb1(key_mode=0o640)),
     _miss("tls", "a certificate signed by another CA", "not by itself", lb1(issuer="CN = Some CA")),
     _miss("tls", "nginx serves an older certificate than the file names", "serves a different certificate",
           lb1(served=OTHER_PEM)),

@@ -36,7 +36,7 @@ class TimedFile(FakeFile):
 
 
 def cmd(*argv: str) -> str:
-    return "LC_ALL=C " + " ".join(shlex.quote(a) for a in argv)
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def conf(host: str, *, state="BACKUP", priority=None, nopreempt=True, auth="auth_pass s3cretpw", interval="1",
