@@ -87,8 +87,9 @@ class Inventory:
         self._manager, self._variables = _parse(self.path)
 
     def hosts(self, pattern: str) -> list[str]:
-        """Host names matching an ansible pattern (group, host, `a:b`)."""
-        return [h.name for h in self._manager.get_hosts(pattern)]
+        """Host names matching an ansible pattern (group, host, `a:b`); none (and no warning) for an unknown one."""
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return [h.name for h in self._manager.get_hosts(pattern)]
 
     def host_vars(self, name: str) -> dict:
         """Every inventory variable of a host (host, group and `all` vars)."""

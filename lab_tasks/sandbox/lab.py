@@ -19,7 +19,7 @@ from lab_tasks.sandbox.hosts import LabHost
 from lab_tasks.sandbox.image import Image, ensure_image
 from lab_tasks.sandbox.paths import HOSTS_DIR, INVENTORY_FILE, SSH_KEY, STATE_DIR
 from lab_tasks.sandbox.ssh import ssh_argv
-from lab_tasks.topology import ports, topology, vip_variable, vips
+from lab_tasks.topology import INFERENCE_GROUP, group_hosts, ports, topology, vip_variable, vips
 
 BOOT_TIMEOUT_S = 180
 NSPAWN_RUN_DIR = Path("/run/systemd/nspawn/propagate")
@@ -200,11 +200,21 @@ def inventory() -> dict:
     for name, spec in topology()["hosts"].items():
         for group in spec["groups"]:
             groups.setdefault(group, {"hosts": {}})["hosts"][name] = {"ansible_host": spec["address"]}
+    for group, group_vars in sandbox_group_vars().items():
+        if group in groups:
+            groups[group]["vars"] = group_vars
     lab_vars = {"ansible_user": "root", "ansible_ssh_private_key_file": str(SSH_KEY),
                 **{vip_variable(group): address for group, address in vips().items()},
                 "opslab_network": net["subnet"], "opslab_gateway": net["gateway"],
                 "opslab_domain": topology()["domain"], "opslab_admin_user": topology()["admin_user"]}
     return {"all": {"vars": lab_vars, "children": groups}}
+
+
+def sandbox_group_vars() -> dict[str, dict]:
+    """Group variables only the sandbox needs: its inference nodes share this machine's cores, so each
+    engine gets its share of them instead of every core (roles/gpu_node's default)."""
+    nodes = len(group_hosts(INFERENCE_GROUP))
+    return {INFERENCE_GROUP: {"gpu_node_cpu_threads": max(1, (os.cpu_count() or 1) // max(1, nodes))}}
 
 
 def write_inventory() -> None:

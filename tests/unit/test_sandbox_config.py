@@ -50,6 +50,13 @@ def test_inventory_groups_addresses_and_vars_come_from_the_topology():
     assert grouped == set(topology()["hosts"])
 
 
+def test_sandbox_inference_nodes_share_the_machines_cores(monkeypatch):
+    monkeypatch.setattr(lab.os, "cpu_count", lambda: 2)
+    assert lab.inventory()["all"]["children"]["inference"]["vars"] == {"gpu_node_cpu_threads": 1}
+    monkeypatch.setattr(lab.os, "cpu_count", lambda: 16)
+    assert lab.inventory()["all"]["children"]["inference"]["vars"] == {"gpu_node_cpu_threads": 8}
+
+
 def test_a_host_that_is_not_running_is_named_with_its_console_log():
     ghost = LabHost("ghost", "10.213.7.99", 24, "10.213.7.1")
     with pytest.raises(LabError, match=r"lab host ghost failed to boot; see .*/hosts/ghost/console\.log"):
