@@ -1,12 +1,15 @@
 """`lab drill failover` on the sandbox: with stages 5 and 6 solved, breaking the VIP holder moves the VIP
 to the other lb host, exactly one host holds it before and after, and the outage is measured and kept
-in results/ (CI records it)."""
+in results/ (CI records it). A drill interrupted mid-way (Ctrl-C, SIGTERM) still puts the MASTER back."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import threading
 
 import pytest
-from conftest import PROJECT_ROOT, run_lab
+from conftest import LAB, PROJECT_ROOT, run_lab
 
 from lab_tasks import drill
 from lab_tasks.remote import ssh_host
@@ -66,3 +69,43 @@ def test_the_outage_check_reads_the_last_drill(solved):
     tasks = {t["id"]: t for t in json.loads(done.stdout)["tasks"]}
     last = drill.load_last(method="stop-nginx")
     assert tasks["failover-drill"]["passed"] == (last["outage_s"] < MAX_OUTAGE_S), tasks["failover-drill"]
+
+
+def run_on(host: str, command: str) -> subprocess.CompletedProcess:
+    return run_lab("sandbox", "exec", host, "--", command, timeout=60)
+
+
+def interrupt_mid_drill(method: str, signum: int) -> subprocess.CompletedProcess:
+    """Start `lab drill failover`, send `signum` once it has broken the MASTER, wait for it to end."""
+    drill_process = subprocess.Popen([str(LAB), "drill", "failover", "--method", method, "--json"], cwd=PROJECT_ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(180, drill_process.kill)  # bounded: a stuck drill fails the test, not CI
+    watchdog.start()
+    stderr = []
+    try:
+        for line in drill_process.stderr:
+            stderr.append(line)
+            if "breaking it with" in line:
+                threading.Timer(1.0, drill_process.send_signal, (signum,)).start()
+                break
+        out, rest = drill_process.communicate(timeout=170)
+    finally:
+        watchdog.cancel()
+    return subprocess.CompletedProcess(drill_process.args, drill_process.returncode, out, "".join(stderr) + rest)
+
+
+@pytest.mark.parametrize(("method", "signum", "exit_code"), [("stop-nginx", signal.SIGINT, 130),
+                                                             ("stop-keepalived", signal.SIGTERM, 143),
+                                                             ("stop-host", signal.SIGINT, 130)])
+def test_an_interrupted_drill_puts_the_master_back(solved, method, signum, exit_code):
+    before = vip_holders()
+    assert len(before) == 1, before
+    done = interrupt_mid_drill(method, signum)
+    assert done.returncode == exit_code, done.stderr
+    assert f"drill: {before[0]} restored" in done.stderr and "no result saved" in done.stderr, done.stderr
+    assert done.stdout == ""
+    assert run_on(before[0], "systemctl is-active nginx keepalived").stdout.split() == ["active", "active"]
+    assert " UP " in run_on(before[0], "ip -br link show dev host0").stdout
+    assert run_on(before[0], f"systemctl is-active {drill.LINK_DOWN_UNIT}").stdout.strip() != "active"
+    one_holder = drill.wait_until(lambda: len(vip_holders()) == 1, 10)
+    assert one_holder, f"the VIP is on {vip_holders()} after the interrupted drill"
