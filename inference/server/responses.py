@@ -1,5 +1,6 @@
 """Response bodies of /v1/completions and /v1/chat/completions, whole or as Server-Sent Events."""
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -9,6 +10,10 @@ from inference.server.generation import Choice, Generation
 
 log = logging.getLogger("inference.server")
 SSE_DONE = "data: [DONE]\n\n"
+# An SSE comment (clients ignore it) after this long without a token, e.g. during a long prefill: it keeps
+# proxies' read timeouts and idle-connection reapers from cutting a stream that is only slow.
+SSE_KEEPALIVE = ": keepalive\n\n"
+KEEPALIVE_S = 10.0
 
 
 def sse(data: dict) -> str:
@@ -109,11 +114,37 @@ def full_response(generation: Generation, api, model: str) -> dict:
     return envelope(generation, model, api.full_object, choices, usage=generation.usage())
 
 
-async def event_stream(generation: Generation, api, model: str, include_usage: bool) -> AsyncIterator[str]:
-    """SSE chunks as outputs arrive, an optional usage chunk, then `[DONE]`; closes the generation."""
+async def with_keepalives(items: AsyncIterator, interval_s: float) -> AsyncIterator:
+    """The items of `items`, and None each time `interval_s` passes without one (the wait is not cancelled)."""
+    iterator = aiter(items)
+    pending = asyncio.ensure_future(anext(iterator))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            yield item
+            pending = asyncio.ensure_future(anext(iterator))
+    finally:
+        pending.cancel()
+
+
+async def event_stream(generation: Generation, api, model: str, include_usage: bool,
+                       keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[str]:
+    """SSE chunks as outputs arrive (a comment while none comes), an optional usage chunk, then `[DONE]`;
+    closes the generation."""
     extra = {"usage": None} if include_usage else {}
     try:
-        async for choice, output in generation.outputs():
+        async for item in with_keepalives(generation.outputs(), keepalive_s):
+            if item is None:
+                yield SSE_KEEPALIVE
+                continue
+            choice, output = item
             for piece in api.stream_choices(choice, output):
                 yield sse(envelope(generation, model, api.chunk_object, [piece], **extra))
         if include_usage:
