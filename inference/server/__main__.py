@@ -21,6 +21,7 @@ DEFAULT_PORT = 8000  # the capstone passes its port from lab_tasks/ports.yml exp
 PROG = "python -m inference.server"
 HELP = ("Serve an engine over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) with /health, "
         "/metrics and a graceful SIGTERM drain.")
+DEFAULTS = ServerSettings(served_model_name="")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -82,13 +83,22 @@ class DrainingServer(uvicorn.Server):
               help="seconds SIGTERM waits for streams")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="busy engine without a step for this long makes /health 503")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=DEFAULTS.max_body_bytes,
+              show_default=True, help="larger request bodies get 413 (checked while reading, never buffered whole)")
+@click.option("--max-prompts", type=click.IntRange(min=1), default=DEFAULTS.max_prompts, show_default=True,
+              help="prompts in one /v1/completions request (more: 413)")
+@click.option("--max-messages", type=click.IntRange(min=1), default=DEFAULTS.max_messages, show_default=True,
+              help="messages in one /v1/chat/completions request (more: 413)")
+@click.option("--max-prompt-chars", type=click.IntRange(min=1), default=DEFAULTS.max_prompt_chars,
+              show_default=True, help="characters of one prompt or conversation, checked before tokenizing (more: 400)")
 @click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",
               help="engine override, e.g. max_num_seqs=32 (repeatable; values parsed as YAML)")
 @click.option("--access-log", is_flag=True, help="log every HTTP request")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True,
               help="log level of the server and uvicorn")
 def serve(engine_dir: str, host: str, port: int, api_key: str | None, max_queue: int,
-          served_model_name: str | None, drain_timeout: float, stall_timeout: float, engine_args: tuple[str, ...],
+          served_model_name: str | None, drain_timeout: float, stall_timeout: float, max_body_bytes: int,
+          max_prompts: int, max_messages: int, max_prompt_chars: int, engine_args: tuple[str, ...],
           access_log: bool, log_level: str) -> int:
     log_level = log_level.lower()
     logging.basicConfig(level=logging.getLevelName(log_level.upper()) if log_level != "trace" else 5,
@@ -102,7 +112,8 @@ def serve(engine_dir: str, host: str, port: int, api_key: str | None, max_queue:
         return AsyncLLMEngine.from_path(engine_dir, **overrides)
 
     settings = ServerSettings(served_model_name=name, api_key=api_key or None, max_queue=max_queue,
-                              stall_timeout_s=stall_timeout)
+                              stall_timeout_s=stall_timeout, max_body_bytes=max_body_bytes, max_prompts=max_prompts,
+                              max_messages=max_messages, max_prompt_chars=max_prompt_chars)
     server: DrainingServer | None = None
     state = ServerState(settings, load_engine, on_fatal=lambda: server.fail())
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, access_log=access_log,

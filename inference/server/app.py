@@ -14,6 +14,7 @@ from starlette.background import BackgroundTask
 
 from inference.server.errors import APIError, install_error_handlers, validation_error
 from inference.server.generation import Generation
+from inference.server.openapi import ERROR_RESPONSES, install_openapi, request_body
 from inference.server.protocol import ChatCompletionRequest, CompletionRequest
 from inference.server.responses import ChatAPI, CompletionAPI, TokenText, event_stream, full_response
 from inference.server.state import ServerState
@@ -34,11 +35,31 @@ def require_api_key(request: Request) -> None:
                        code="invalid_api_key")
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, read chunk by chunk; 413 as soon as it (or its Content-Length) exceeds `limit`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise body_too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(413, f"request body is larger than {limit} bytes; send fewer or shorter prompts",
+                    code="request_too_large")
+
+
 async def parse_body(request: Request, model: type[BaseModel]):
     """The JSON body (whatever the Content-Type says) validated into `model`; 400 naming the bad param."""
+    raw = await read_body(request, server_state(request).settings.max_body_bytes)
     try:
-        data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, an int of > 4300 digits, too deep
         raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
     try:
         return model.model_validate(data)
@@ -60,6 +81,37 @@ def tokenize(engine, prompt: str | list[int], add_special_tokens: bool = True) -
     if any(not 0 <= token_id < vocab_size for token_id in prompt):
         raise APIError(400, f"prompt token ids must be in [0, {vocab_size})", param="prompt", code="invalid_prompt")
     return list(prompt)
+
+
+def check_prompt_size(texts: list, limit: int, param: str) -> None:
+    """400 for a text prompt longer than `limit` characters, before any tokenizing."""
+    longest = max((len(text) for text in texts if isinstance(text, str)), default=0)
+    if longest > limit:
+        raise APIError(400, f"a prompt has {longest} characters; this server takes at most {limit}",
+                       param=param, code="prompt_too_long")
+
+
+def check_count(count: int, limit: int, param: str) -> None:
+    if count > limit:
+        raise APIError(413, f"the request has {count} {param}; this server takes at most {limit} per request",
+                       param=param, code="request_too_large")
+
+
+def check_stop_token_ids(engine, body) -> None:
+    vocab_size = engine.model_config.vocab_size
+    if any(token_id >= vocab_size for token_id in body.stop_token_ids or []):
+        raise APIError(400, f"stop_token_ids must be in [0, {vocab_size})", param="stop_token_ids",
+                       code="invalid_value")
+
+
+def check_kv_capacity(engine, body, prompts: list[list[int]], budgets: list[int]) -> None:
+    """All choices of one request must fit the KV cache together (else they only evict each other)."""
+    lengths = [len(ids) + budget for ids, budget in zip(prompts, budgets) for _ in range(body.n)]
+    try:
+        engine.check_fits_together(lengths)
+    except ValueError as error:
+        raise APIError(400, f"{error}; ask for fewer choices or tokens", param="n" if body.n > 1 else "max_tokens",
+                       code="kv_cache_exceeded") from None
 
 
 def output_budget(engine, prompt_len: int, requested: int | None) -> int:
@@ -93,9 +145,8 @@ async def finish_unless_disconnected(request: Request, generation: Generation) -
 
 
 async def respond(request: Request, state: ServerState, body, api, prompts: list[list[int]], budgets: list[int],
-                  logprobs: int | None, prefix: str):
-    """Admit, start one engine request per choice, and answer whole or as a stream."""
-    release = state.admit(len(prompts) * body.n)
+                  logprobs: int | None, prefix: str, release):
+    """Start one engine request per choice, and answer whole or as a stream."""
     generation = Generation(state.engine, state.metrics, f"{prefix}-{uuid.uuid4().hex}", release)
     model = state.settings.served_model_name
     try:
@@ -115,42 +166,63 @@ async def respond(request: Request, state: ServerState, body, api, prompts: list
     return JSONResponse(full_response(generation, api, model))
 
 
-async def serve(request: Request, body, prompts_of, max_tokens: int | None, logprobs: int | None, api_class,
-                prefix: str):
-    """Shared body of both generation routes: checks, tokenization, context budget, response."""
+async def serve(request: Request, body, num_prompts: int, prompts_of, max_tokens: int | None,
+                logprobs: int | None, api_class, prefix: str):
+    """Shared body of both generation routes: cheap checks and admission first (so a full queue answers 429
+    before any tokenizing), then tokenization off the event loop, context budget, response."""
     state = server_state(request)
     engine = state.ready_engine()
     check_model(state, body.model)
-    prompts = prompts_of(engine)
-    budgets = [output_budget(engine, len(ids), max_tokens) for ids in prompts]
-    api = api_class(TokenText(engine.tokenizer))
+    check_stop_token_ids(engine, body)
+    release = state.admit(num_prompts * body.n)  # from here on every way out releases (the Generation does, once made)
     try:
-        return await respond(request, state, body, api, prompts, budgets, logprobs, prefix)
+        prompts = await asyncio.to_thread(prompts_of, engine)
+        budgets = [output_budget(engine, len(ids), max_tokens) for ids in prompts]
+        check_kv_capacity(engine, body, prompts, budgets)
+        api = api_class(TokenText(engine.tokenizer))
+        return await respond(request, state, body, api, prompts, budgets, logprobs, prefix, release)
     except ValueError as error:  # SamplingParams refused a combination pydantic let through
+        release()
         raise APIError(400, str(error), code="invalid_value") from None
+    except BaseException:
+        release()
+        raise
 
 
 def build_router_handlers(app: FastAPI) -> None:
     """Attach every route."""
     v1 = [Depends(require_api_key)]
 
-    @app.post("/v1/completions", dependencies=v1)
+    @app.post("/v1/completions", dependencies=v1, openapi_extra=request_body(CompletionRequest),
+              responses=ERROR_RESPONSES)
     async def completions(request: Request):
+        """OpenAI completions: one or more prompts, `n` choices each, whole or streamed (SSE)."""
         body = await parse_body(request, CompletionRequest)
+        limits = server_state(request).settings
+        texts = body.prompts()
+        check_count(len(texts), limits.max_prompts, "prompt")
+        check_prompt_size(texts, limits.max_prompt_chars, "prompt")
 
         def prompts(engine) -> list[list[int]]:
-            return [tokenize(engine, prompt) for prompt in body.prompts()]
+            return [tokenize(engine, prompt) for prompt in texts]
 
-        return await serve(request, body, prompts, body.max_tokens, body.logprobs, CompletionAPI, "cmpl")
+        return await serve(request, body, len(texts), prompts, body.max_tokens, body.logprobs, CompletionAPI, "cmpl")
 
-    @app.post("/v1/chat/completions", dependencies=v1)
+    @app.post("/v1/chat/completions", dependencies=v1, openapi_extra=request_body(ChatCompletionRequest),
+              responses=ERROR_RESPONSES)
     async def chat_completions(request: Request):
+        """OpenAI chat completions: the conversation rendered by the model's chat template, `n` choices."""
         body = await parse_body(request, ChatCompletionRequest)
+        limits = server_state(request).settings
+        check_count(len(body.messages), limits.max_messages, "messages")
+        check_prompt_size(["".join(message.as_template_input()["content"] for message in body.messages)],
+                          limits.max_prompt_chars, "messages")
 
         def prompts(engine) -> list[list[int]]:
             return [tokenize(engine, chat_prompt(engine, body), add_special_tokens=False)]
 
-        return await serve(request, body, prompts, body.requested_max_tokens, body.num_logprobs, ChatAPI, "chatcmpl")
+        return await serve(request, body, 1, prompts, body.requested_max_tokens, body.num_logprobs, ChatAPI,
+                           "chatcmpl")
 
     @app.get("/v1/models", dependencies=v1)
     async def models(request: Request):
@@ -194,4 +266,5 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.server = state
     install_error_handlers(app)
     build_router_handlers(app)
+    install_openapi(app, state.settings)
     return app

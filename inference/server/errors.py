@@ -5,6 +5,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("inference.server")
@@ -14,9 +15,34 @@ ERROR_TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     500: "internal_server_error",
     503: "service_unavailable_error",
+}
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what went wrong and how to fix it")
+    type: str = Field(description="invalid_request_error, rate_limit_error, internal_server_error, ...")
+    param: str | None = Field(description="the request field at fault, when one is")
+    code: str | None = Field(description="a stable machine-readable reason, e.g. context_length_exceeded")
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error body every 4xx and 5xx of this server carries."""
+
+    error: ErrorDetail
+
+
+ERROR_STATUSES = {
+    400: "invalid request: malformed JSON, a wrong type or value (`param` names the field)",
+    401: "missing or wrong API key",
+    404: "unknown model",
+    413: "request body, prompt list or message list too large",
+    429: "queue full: retry after `Retry-After` seconds",
+    500: "the engine failed this request (others are unaffected)",
+    503: "loading, draining or the engine stopped: retry on another replica",
 }
 
 

@@ -61,8 +61,13 @@ class Generation:
             async for choice, output in merge_streams(self.choices):
                 self.record(choice, output)
                 yield choice, output
-        except Exception as error:  # the engine failed the request: its loop died
-            raise APIError(503, f"generation failed: {error}", code="engine_error") from error
+        except Exception as error:
+            from inference.async_engine import RequestFailed  # loaded with the engine; torch stays out of startup
+
+            if isinstance(error, RequestFailed):  # this request alone: the engine goes on with the others
+                self.metrics.failed.inc()
+                raise APIError(500, f"generation failed: {error}", code="generation_failed") from error
+            raise APIError(503, f"generation failed: the engine stopped ({error})", code="engine_error") from error
 
     async def run_to_end(self) -> None:
         """Consume every output (non-streaming responses)."""

@@ -70,6 +70,8 @@ class ServerMetrics:
                                ["model_name"], registry=self.registry).labels(model_name)
         self.rejected = Counter("vllm:request_rejected", "Requests refused with 429 (queue full).",
                                 ["model_name"], registry=self.registry).labels(model_name)
+        self.failed = Counter("opslab:request_failed", "Requests the engine failed alone (answered 500 or an "
+                              "in-band stream error).", ["model_name"], registry=self.registry).labels(model_name)
 
     def histogram(self, name: str, help_text: str, buckets: tuple[float, ...]):
         """A model_name-labelled histogram, already bound to this server's model."""

@@ -1,17 +1,24 @@
 """OpenAI request bodies (pydantic) and their translation into engine SamplingParams.
 
-Unknown fields are ignored (as vLLM does); fields we would silently get wrong are refused instead.
+Every number is bounded by what the engine can take (the bounds show in /openapi.json); floats must be finite
+(Python's JSON parser reads NaN and Infinity). Unknown fields are ignored (as vLLM does); fields we would
+silently get wrong are refused instead. Limits the operator sets (prompts, messages, characters) and those
+of the loaded model (context length, vocabulary) are checked by the routes.
 """
 
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from inference.config import SamplingParams
+from inference.config import INT32_MAX, MAX_LOGPROBS, MAX_STOP_STRING_CHARS, SamplingParams
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_TOKEN_IDS = 64
+MAX_CHOICES = 64
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # OpenAI's seed range; choice i samples with seed + i
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
 
 
 class StreamOptions(BaseModel):
@@ -21,25 +28,27 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields both endpoints share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
-    n: int = Field(1, ge=1, le=64)
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices to generate for each prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[NonNegativeInt] | None = None
+    stop: StopString | list[StopString] | None = Field(
+        None, description=f"up to {MAX_STOP_SEQUENCES} strings; generation stops before the first one")
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS,
+                                                 description="token ids that end generation (below the vocab size)")
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX, description="-1 or 0: off")
     min_p: float | None = Field(None, ge=0, le=1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0)
-    seed: int | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
-    user: str | None = None
+    user: str | None = Field(None, max_length=256)
 
     echo: bool = False
     suffix: str | None = None
@@ -73,9 +82,9 @@ class SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def check_stop(cls, stop):
-        """At most 4 non-empty stop strings."""
+        """At most 4 stop strings."""
         stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > MAX_STOP_SEQUENCES or not all(stops):
+        if len(stops) > MAX_STOP_SEQUENCES:
             raise ValueError(f"stop takes up to {MAX_STOP_SEQUENCES} non-empty strings")
         return stops
 
@@ -107,9 +116,11 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
+        description="a text, a list of texts, a list of token ids or a list of token-id lists")
+    max_tokens: int | None = Field(16, ge=1, le=INT32_MAX,
+                                   description="at most the model's context length minus the prompt")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
@@ -145,10 +156,11 @@ class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX, description="deprecated: use max_completion_tokens")
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX,
+                                              description="at most the model's context length minus the prompt")
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -1,4 +1,6 @@
-"""Server-wide state: engine loading, health, admission (bounded queue) and drain."""
+"""Server-wide state: engine loading, health, admission (bounded queue), drain, and the watchdog that ends the
+process when the engine loop has died (a supervisor restarts it; a live process with a dead engine is an outage
+no balancer sees until its health check runs)."""
 
 import asyncio
 import logging
@@ -21,6 +23,11 @@ class ServerSettings:
     max_queue: int = 64  # engine requests in flight (running + waiting) before 429
     stall_timeout_s: float = 10.0  # engine loop without a step or idle tick for this long → /health 503
     retry_after_s: int = 1
+    max_body_bytes: int = 2 * 2**20  # larger request bodies get 413 (read no further)
+    max_prompts: int = 64  # prompts in one /v1/completions request
+    max_messages: int = 256  # messages in one /v1/chat/completions request
+    max_prompt_chars: int = 100_000  # characters of one prompt (or one conversation) before tokenization
+    watchdog_interval_s: float = 0.5  # how often the watchdog looks at the engine loop
 
 
 class ServerState:
@@ -34,6 +41,7 @@ class ServerState:
         self.draining = False
         self.in_flight = 0
         self.metrics = ServerMetrics(settings.served_model_name, self.read_stats)
+        self.watchdog: asyncio.Task | None = None
 
     def read_stats(self):
         """The engine's stats, or None while loading."""
@@ -50,8 +58,19 @@ class ServerState:
             self.load_error = f"{type(error).__name__}: {error}"
             log.exception("engine failed to load")
             self.on_fatal()
+            return
+        self.watchdog = asyncio.create_task(self.watch_engine())
+
+    async def watch_engine(self) -> None:
+        """Once the engine loop is dead, call on_fatal (the process exits non-zero) instead of serving 503s."""
+        while self.engine.is_alive:
+            await asyncio.sleep(self.settings.watchdog_interval_s)
+        log.critical("engine loop died (%s); exiting so the supervisor restarts the server", self.engine.error)
+        self.on_fatal()
 
     async def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         if self.engine is not None:
             await self.engine.stop()
 
@@ -77,6 +96,9 @@ class ServerState:
         if self.engine is None:
             raise APIError(503, "model is still loading", code="loading",
                            headers={"Retry-After": str(self.settings.retry_after_s)})
+        if not self.engine.is_alive:
+            raise APIError(503, "the engine stopped; the server is restarting, retry on another replica",
+                           code="engine_unavailable", headers={"Retry-After": str(self.settings.retry_after_s)})
         return self.engine
 
     def admit(self, count: int) -> Callable[[], None]:

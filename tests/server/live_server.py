@@ -73,11 +73,12 @@ class LiveServer:
                 self.wait(10)
 
 
-def start_server(engine_dir: Path, log_dir: Path, *args: str, timeout_s: float = 180) -> LiveServer:
-    """Start the server and wait (bounded) until /health says ok."""
+def start_server(engine_dir: Path, log_dir: Path, *args: str, timeout_s: float = 180,
+                 entry: tuple[str, ...] = ("-m", "inference.server")) -> LiveServer:
+    """Start the server (`entry`: how python runs it) and wait (bounded) until /health says ok."""
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    command = [sys.executable, "-m", "inference.server", "--engine", str(engine_dir), "--host", "127.0.0.1",
+    command = [sys.executable, *entry, "--engine", str(engine_dir), "--host", "127.0.0.1",
                "--port", str(port), "--served-model-name", "tiny", *args]
     env = {k: v for k, v in os.environ.items() if k != "OPSLAB_API_KEY"}
     with log_path.open("w") as log:

@@ -1,4 +1,5 @@
-"""Bad input gets an OpenAI error body with 400/404 (never 500); API key and queue limits (401, 429)."""
+"""Bad input gets an OpenAI error body with 400/404/413 (never 5xx) and the next request is served as usual;
+API key and queue limits (401, 429)."""
 from __future__ import annotations
 
 import httpx
@@ -39,6 +40,31 @@ BAD_REQUESTS = [
      "top_logprobs"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "response_format": '
                              b'{"type": "json_object"}}', 400, "response_format"),
+    # numbers beyond what the engine takes (a 2**64 seed or a 2**63 top_k used to kill the engine loop)
+    ("/v1/completions", b'{"prompt": "x", "seed": 18446744073709551616}', 400, "seed"),
+    ("/v1/completions", b'{"prompt": "x", "seed": -9223372036854775809}', 400, "seed"),
+    ("/v1/completions", b'{"prompt": "x", "top_k": 9223372036854775808}', 400, "top_k"),
+    ("/v1/completions", b'{"prompt": "x", "top_k": 2147483648}', 400, "top_k"),
+    ("/v1/completions", b'{"prompt": "x", "n": 65}', 400, "n"),
+    ("/v1/completions", b'{"prompt": "x", "n": 20, "max_tokens": 1000}', 400, "n"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 2147483648}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 1.5}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 1e400}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "temperature": NaN}', 400, "temperature"),
+    ("/v1/completions", b'{"prompt": "x", "top_p": Infinity}', 400, "top_p"),
+    ("/v1/completions", b'{"prompt": "x", "repetition_penalty": 1e999}', 400, "repetition_penalty"),
+    ("/v1/completions", b'{"prompt": "x", "presence_penalty": -Infinity}', 400, "presence_penalty"),
+    ("/v1/completions", b'{"prompt": "x", "stop_token_ids": [258]}', 400, "stop_token_ids"),
+    ("/v1/completions", b'{"prompt": "x", "stop_token_ids": [1180591620717411303424]}', 400, "stop_token_ids"),
+    ("/v1/completions", b'{"prompt": [[18446744073709551616]]}', 400, "prompt"),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": 18446744073709551616}', 400, "logprobs"),
+    ("/v1/completions", b'{"prompt": "x", "stop": "' + b"s" * 257 + b'"}', 400, "stop"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400, None),
+    ("/v1/completions", b"[" * 100_000 + b"]" * 100_000, 400, None),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": -1}', 400,
+     "top_logprobs"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": '
+                             b'1099511627776}', 400, "max_completion_tokens"),
 ]
 
 
@@ -53,9 +79,12 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 
 
 @pytest.mark.parametrize(("path", "raw", "status", "param"), BAD_REQUESTS)
-def test_bad_input_gets_an_openai_error(server, path, raw, status, param):
+def test_bad_input_gets_an_openai_error_and_the_next_request_is_served(server, path, raw, status, param):
     response = httpx.post(server.url + path, content=raw, headers={"Content-Type": "application/json"}, timeout=30)
     assert_openai_error(response, status, param)
+    assert httpx.post(server.url + "/v1/completions", json={"prompt": "ok", "max_tokens": 2, "temperature": 0.5,
+                                                           "seed": 1}, timeout=30).status_code == 200
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
 
 
 def test_unknown_route_and_method_are_openai_errors(server):
