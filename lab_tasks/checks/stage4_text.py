@@ -1,19 +1,25 @@
 """Checks for stage 4: text processing with grep, sed and awk.
 
-Every report check recomputes the right answer from the data file on the host
-(the check's own parser, independent of the learner's tools) and compares it
-with the learner's answer file.
+Every report check recomputes the right answer from the planted data (regenerated here with the
+role's generator and seed, so truncating the data cannot make an empty answer right), makes sure the
+data on the host is still that data, and compares the learner's answer file with it. Evidence says
+what is wrong with the learner's file in words; it never prints the expected rows.
 """
+import functools
+import importlib.util
+import random
 import re
 import shlex
 from collections import Counter, defaultdict
 from typing import NamedTuple
 
 from lab_tasks.checks import Lab, Verdict, expect
+from lab_tasks.checks.common import read
 from lab_tasks.registry import PROJECT_ROOT
 
+ROLE_FILES = PROJECT_ROOT / "roles" / "stage4_text" / "files"
 # The config file as prepare installs it: app.conf.bak must equal it byte for byte.
-ORIGINAL_APP_CONF = PROJECT_ROOT / "roles" / "stage4_text" / "files" / "app.conf"
+ORIGINAL_APP_CONF = ROLE_FILES / "app.conf"
 WINDOW_DAY, WINDOW_HOUR = "14/Mar/2026", "14"
 LOG_LINE = re.compile(
     r'^(?P<ip>\S+) \S+ \S+ \[(?P<day>[^:\]]+):(?P<hour>\d\d):\d\d:\d\d [^\]]*\] '
@@ -86,14 +92,49 @@ def rows(text: str) -> list[tuple[str, ...]]:
     return [tuple(line.split()) for line in text.splitlines() if line.strip()]
 
 
-def first_difference(expected: list, found: list) -> str:
-    """Describe where two row lists part ways (empty string when equal)."""
+def first_difference(expected: list, found: list, columns: str = "") -> str:
+    """What is wrong with the found rows, in words, without showing an expected row (empty when equal)."""
+    if found == expected:
+        return ""
+    if not found:
+        return "the file is empty"
+    if columns and found == [row[::-1] for row in expected]:
+        return f"the columns are the other way round; the goal asks for `{columns}` lines"
+    if sorted(found) == sorted(expected):
+        return "the right rows, but not in the order the goal asks for"
+    if len(found) != len(expected):
+        extra = [row for row in found if row not in expected]
+        return (f"{len(found)} rows; the goal asks for {len(expected)}"
+                + (f" ({_show(extra[0])} is not one of them)" if extra else ""))
     for index, (want, got) in enumerate(zip(expected, found), start=1):
         if want != got:
-            return f"row {index} is {_show(got)}, expected {_show(want)}"
-    if len(expected) != len(found):
-        return f"{len(found)} rows, expected {len(expected)}"
+            return f"row {index} ({_show(got)}) is wrong"
     return ""
+
+
+def window_problems(expected: list[str], found: list[str], log_lines: set[str]) -> list[str]:
+    """How a list of log lines misses the 5xx lines of the window, in words."""
+    if found == expected:
+        return []
+    if not found:
+        return ["the file is empty"]
+    changed = [line for line in found if line not in log_lines]
+    outside = [line for line in found if line in log_lines and line not in expected]
+    parsed = {r.line: r for r in parse_log("\n".join(outside))}
+    problems = []
+    if changed:
+        problems.append(f"{len(changed)} lines are not lines of access.log (they must stay unchanged)")
+    if any(r.hour != WINDOW_HOUR or r.day != WINDOW_DAY for r in parsed.values()):
+        problems.append("it has requests from outside 14:00-14:59")
+    if any(not r.status.startswith("5") for r in parsed.values()):
+        problems.append("it has requests whose status is not 5xx")
+    missing = [line for line in expected if line not in found]
+    if missing:
+        problems.append(f"{len(missing)} of the window's {len(expected)} 5xx requests are missing")
+    if not problems:
+        problems.append("the right lines, but not in log order" if sorted(found) == sorted(expected)
+                        else "some lines appear twice")
+    return problems
 
 
 def config_problem(original: str, edited: str) -> str:
@@ -111,10 +152,15 @@ def config_problem(original: str, edited: str) -> str:
 def _line_problem(old: str, new: str) -> str:
     """Check one line of app.conf against its original."""
     if old == "listen_port = 8080":
-        return "" if new == "listen_port = 9090" else f"{_show(new)}, expected 'listen_port = 9090'"
+        port = re.fullmatch(r"\s*listen_port\s*=\s*(\S+)\s*", new)
+        if port and port[1] == "9090" and new.strip() == new and " = " in new:
+            return ""
+        return (f"listen_port is {port[1]}; the goal asks for 9090" if port
+                else f"the listen_port line became {_show(new)}")
     if old == "debug = true":
-        return "" if DEBUG_COMMENTED.match(new) else f"{_show(new)}, expected it commented out"
-    return "" if new == old else f"{_show(new)} changed, expected {_show(old)} untouched"
+        return "" if DEBUG_COMMENTED.match(new) else "the debug directive is still active; the goal asks " \
+                                                       "for it commented out with #"
+    return "" if new == old else f"{_show(new)} changed; the goal asks that only listen_port and debug change"
 
 
 def _show(value) -> str:
@@ -123,72 +169,108 @@ def _show(value) -> str:
     return repr(text if len(text) <= 90 else text[:87] + "...")
 
 
-def _read(host, path: str) -> str | None:
-    """File content, or None when the file is missing."""
-    file = host.file(path)
-    return file.content_string if file.exists and file.is_file else None
-
-
 def _data(lab: Lab, name: str) -> str:
     """Path of a data file in the exercise directory."""
     return f"{lab.vars['stage4_text_dir']}/{name}"
 
 
-def _requests(lab: Lab) -> list[Request]:
-    """The parsed access log on the stage host (empty when missing)."""
-    return parse_log(_read(lab.host(), _data(lab, "access.log")) or "")
+@functools.lru_cache(maxsize=4)
+def planted(kind: str, seed: int, count: int) -> str:
+    """The data prepare plants: the role's generator with the role's seed and size."""
+    spec = importlib.util.spec_from_file_location("gen_text_data", ROLE_FILES / "gen_text_data.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    return "\n".join(generator.GENERATORS[kind](random.Random(seed), count)) + "\n"
 
 
-def _answer_verdict(lab: Lab, name: str, expected: list) -> Verdict:
-    """Compare an answer file's rows with the expected rows."""
+def _planted_log(lab: Lab) -> str:
+    return planted("access-log", lab.vars["stage4_text_seed"], lab.vars["stage4_text_log_lines"])
+
+
+def _planted_sales(lab: Lab) -> str:
+    return planted("sales", lab.vars["stage4_text_seed"], lab.vars["stage4_text_sales_rows"])
+
+
+def data_problem(lab: Lab, name: str, want: str) -> str:
+    """Empty when the host's data file is the planted one; else what happened to it."""
+    found = read(lab.host(), _data(lab, name))
+    if found == want:
+        return ""
+    if found is None:
+        return f"{_data(lab, name)} is gone; run `lab start stage4` to plant it again"
+    return (f"{_data(lab, name)} was changed ({found.count(chr(10))} lines; the planted file has "
+            f"{want.count(chr(10))}): the answers must come from the planted data; `lab start stage4` "
+            "plants it again")
+
+
+def _answer_verdict(lab: Lab, name: str, expected: list, data: tuple[str, str], columns: str) -> Verdict:
+    """Compare an answer file's rows with the rows computed from the planted data."""
     path = f"{lab.vars['stage4_text_answers_dir']}/{name}"
-    content = _read(lab.host(), path)
+    goal = f"{path} with one `{columns}` line per row of the planted data's answer"
+    broken = data_problem(lab, *data)
+    if broken:
+        return expect(False, expected=goal, found=broken)
+    content = read(lab.host(), path)
     if content is None:
-        return expect(False, expected=f"{path} with {len(expected)} rows", found="no such file")
-    problem = first_difference(expected, rows(content))
-    first = f", first {_show(expected[0])}" if expected else ""
-    return expect(not problem, expected=f"{path} with {len(expected)} rows{first}",
-                  found=problem or f"{len(expected)} matching rows")
+        return expect(False, expected=goal, found=f"no file {path}")
+    problem = first_difference(expected, rows(content), columns)
+    return expect(not problem, expected=goal, found=problem or f"all {len(expected)} rows right")
 
 
 def errors_window(lab: Lab) -> Verdict:
     """answers/5xx-14h.txt: the 5xx lines of 14:00-14:59, unchanged and in log order."""
-    lines = errors_in_hour(_requests(lab), WINDOW_DAY, WINDOW_HOUR)
-    return _answer_verdict(lab, "5xx-14h.txt", [tuple(line.split()) for line in lines])
+    log = _planted_log(lab)
+    path = f"{lab.vars['stage4_text_answers_dir']}/5xx-14h.txt"
+    goal = f"{path} holding exactly the 5xx requests of 14:00-14:59, whole lines, in log order"
+    broken = data_problem(lab, "access.log", log)
+    content = None if broken else read(lab.host(), path)
+    if broken or content is None:
+        return expect(False, expected=goal, found=broken or f"no file {path}")
+    expected = errors_in_hour(parse_log(log), WINDOW_DAY, WINDOW_HOUR)
+    problems = window_problems(expected, [line for line in content.splitlines() if line.strip()],
+                               set(log.splitlines()))
+    return expect(not problems, expected=goal, found="; ".join(problems) or f"all {len(expected)} lines")
 
 
 def sed_config(lab: Lab) -> Verdict:
     """app.conf edited (port 9090, debug commented out); app.conf.bak is the original."""
     original = ORIGINAL_APP_CONF.read_text()
     config = _data(lab, "app.conf")
-    backup, edited = _read(lab.host(), config + ".bak"), _read(lab.host(), config)
+    backup, edited = read(lab.host(), config + ".bak"), read(lab.host(), config)
+    goal = "listen_port changed to 9090, debug commented out, every other line unchanged, the original kept as app.conf.bak"
     if backup != original:
-        return expect(False, expected=f"{config}.bak identical to the original app.conf",
-                      found="no such file" if backup is None else "a different file")
+        return expect(False, expected=goal, found=f"no {config}.bak" if backup is None else
+                      f"{config}.bak is not the original app.conf (was it written after the edit?)")
     problem = config_problem(original, edited or "")
-    return expect(not problem, expected="listen_port = 9090, debug commented out, rest unchanged",
-                  found=problem or "exactly that")
+    return expect(not problem, expected=goal, found=problem or "exactly that")
 
 
 def status_report(lab: Lab) -> Verdict:
     """answers/status-counts.txt: `STATUS COUNT` per status, sorted by status."""
-    return _answer_verdict(lab, "status-counts.txt", status_rows(_requests(lab)))
+    return _answer_verdict(lab, "status-counts.txt", status_rows(parse_log(_planted_log(lab))),
+                           ("access.log", _planted_log(lab)), "STATUS COUNT")
 
 
 def top_clients(lab: Lab) -> Verdict:
     """answers/top-ips.txt: `COUNT IP` for the ten busiest clients, busiest first."""
-    return _answer_verdict(lab, "top-ips.txt", top_client_rows(_requests(lab)))
+    return _answer_verdict(lab, "top-ips.txt", top_client_rows(parse_log(_planted_log(lab))),
+                           ("access.log", _planted_log(lab)), "COUNT IP")
 
 
 def bytes_per_hour(lab: Lab) -> Verdict:
     """answers/bytes-per-hour.txt: `HH BYTES` for every hour, sorted by hour."""
-    return _answer_verdict(lab, "bytes-per-hour.txt", bytes_per_hour_rows(_requests(lab)))
+    return _answer_verdict(lab, "bytes-per-hour.txt", bytes_per_hour_rows(parse_log(_planted_log(lab))),
+                           ("access.log", _planted_log(lab)), "HH BYTES")
 
 
 def csv_report(lab: Lab) -> Verdict:
     """answers/region-revenue.txt: `REGION TOTAL` revenue per region, sorted by region."""
-    expected = region_revenue_rows(_read(lab.host(), _data(lab, "sales.csv")) or "")
-    return _answer_verdict(lab, "region-revenue.txt", expected)
+    return _answer_verdict(lab, "region-revenue.txt", region_revenue_rows(_planted_sales(lab)),
+                           ("sales.csv", _planted_sales(lab)), "REGION TOTAL")
+
+
+SCRIPT_CASE_KINDS = ("a status with requests", "another status with requests", "a status without requests",
+                     "no arguments", "a status that is not three digits", "an unreadable log")
 
 
 def script_cases(log: str, requests: list[Request]) -> list[tuple[list[str], int, str]]:
@@ -213,9 +295,9 @@ def case_problem(case: tuple[list[str], int, str], rc: int, stdout: str, stderr:
         right_output = not output or stdout.strip() == output
     if rc == code and right_output:
         return ""
-    want = "usage on stderr" if output == "usage" else repr(output)
-    return (f"`count-status.sh {' '.join(args)}` gave exit {rc}, stdout {stdout.strip()[:40]!r}; "
-            f"expected exit {code}" + (f" and {want}" if output else ""))
+    want = "a usage message on stderr" if output == "usage" else f"printing {output}"
+    return (f"`count-status.sh {' '.join(args)}` exited {rc} and printed {stdout.strip()[:40]!r}; "
+            f"the goal asks for exit {code}" + (f", {want}" if output else ""))
 
 
 def _run_case(host, script: str, case: tuple[list[str], int, str]) -> str:
@@ -228,11 +310,15 @@ def _run_case(host, script: str, case: tuple[list[str], int, str]) -> str:
 def count_script(lab: Lab) -> Verdict:
     """count-status.sh LOGFILE STATUS: strict mode, counts, usage and exit codes."""
     host, script = lab.host(), lab.vars["stage4_text_script_path"]
-    source = _read(host, script)
-    if source is None or "set -euo pipefail" not in source:
-        return expect(False, expected=f"{script} with `set -euo pipefail`",
-                      found="no such file" if source is None else "no strict-mode line")
-    cases = script_cases(_data(lab, "access.log"), _requests(lab))
+    goal = f"{script} in strict mode, right on all {len(SCRIPT_CASE_KINDS)} test runs (counts, usage, exit codes)"
+    source = read(host, script)
+    if source is None or not re.search(r"^\s*set -euo pipefail\b", source, re.M):
+        return expect(False, expected=goal, found=f"no {script}" if source is None else
+                      "the script does not switch on strict mode (set -euo pipefail) before it works")
+    broken = data_problem(lab, "access.log", _planted_log(lab))
+    if broken:
+        return expect(False, expected=goal, found=broken)
+    cases = script_cases(_data(lab, "access.log"), parse_log(_planted_log(lab)))
     problems = [p for p in (_run_case(host, script, case) for case in cases) if p]
-    return expect(not problems, expected=f"all {len(cases)} runs right (counts, usage, exit codes)",
+    return expect(not problems, expected=goal,
                   found=problems[0] if problems else f"{len(cases)} of {len(cases)} right")

@@ -82,7 +82,7 @@ class Result:
 
 @dataclass
 class FakeUser:
-    """testinfra's User subset: exists, uid, gid, shell, home, groups."""
+    """testinfra's User subset: exists, uid, gid, group (the primary one), shell, home, groups."""
 
     name: str
     uid: int = 1000
@@ -91,10 +91,12 @@ class FakeUser:
     groups: list[str] = field(default_factory=list)
     gid: int | None = None
     exists: bool = True
+    group: str | None = None
 
     def __post_init__(self):
         self.home = self.home or f"/home/{self.name}"
-        self.groups = self.groups or [self.name]
+        self.group = self.group or self.name
+        self.groups = self.groups or [self.group]
 
 
 @dataclass

@@ -19,12 +19,17 @@ they are counted in `Derived.skipped`, never silently dropped. A fragment that a
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+# ansible fixes its settings when first imported, and lab_tasks.topology parses inventories with this one
+# set: importing ansible here first must not change how the CLI tests in the same process see inventories
+os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
 from ansible.errors import AnsibleError
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader
@@ -49,6 +54,7 @@ NOT_ANSWERS = {"meta", "debug", "assert", "fail", "set_fact", "include_vars", "w
 PLUMBING = {"present", "absent", "directory", "file", "link", "started", "stopped", "restarted",
             "reloaded", "true", "false", "yes", "no", "root", "touch", "hard", "latest"}
 MODE = re.compile(r"^0?[0-7]?[0-7]{3}$")
+DEFAULT_MODES = {"644", "755"}  # what files and directories get anyway: no answer
 
 
 @dataclass
@@ -236,12 +242,16 @@ def collect(derived: Derived, role: str, module: str, args, scope: dict, origin:
         for line in lines:
             _command_fragments(derived, line, origin)
         return
-    if module in ("copy", "template", "file", "lineinfile", "blockinfile", "replace"):
-        for key in ("dest", "path"):  # where a file goes can be the answer (stage 1's FHS places)
-            if key in args:
+    # where a file goes can be the answer (stage 1's FHS places); `file` without a state only changes a
+    # path that is already there (planted), which is no answer
+    if module != "file" or args.get("state") in ("directory", "link", "touch", "hard"):
+        for key in ("dest", "path"):
+            if key in args and module in ("copy", "template", "file", "lineinfile", "blockinfile", "replace"):
                 derived.add(str(args[key]), origin)
     if "mode" in args and MODE.match(str(args["mode"])):
-        derived.modes.setdefault(str(args["mode"]).lstrip("0").rjust(3, "0"), origin)
+        mode = str(args["mode"]).lstrip("0").rjust(3, "0")
+        if mode not in DEFAULT_MODES:
+            derived.modes.setdefault(mode, origin)
     if module == "copy":
         text = args.get("content")
         if text is None and args.get("src"):

@@ -14,10 +14,6 @@ STAGES = load_registry().stages
 # Stages whose recorded states are still being written, with who writes them. Remove a stage when its
 # module lands: the xfail is strict, so a pending stage that passes fails the run.
 PENDING = {
-    "stage1": "checks-a is recording stage 1's near misses",
-    "stage2": "checks-a is recording stage 2's near misses",
-    "stage4": "checks-a is recording stage 4's near misses",
-    "stage7": "checks-b is recording stage 7's near misses",
 }
 
 
