@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -106,8 +106,11 @@ def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stdout
     if not shutil.which("ansible-playbook", path=env["PATH"]):
         raise LabError("ansible-playbook not found; run `make install`")
     run = PlaybookRun()
+    interrupt = _Interrupt()
 
     def follow(event: dict) -> bool:
+        if event.get("event") == "playbook_on_start":
+            interrupt.started(event.get("pid"))
         if text := event.get("stdout"):
             echo.write(text.replace("\r\n", "\n") + "\n")
             echo.flush()
@@ -115,33 +118,56 @@ def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stdout
         return True  # keep the event: runner.stats is read from the saved events
 
     # Artifacts (events, stdout, fact cache) live in a private temp dir, removed after the run.
-    with tempfile.TemporaryDirectory(prefix="opslab-ansible-") as private_dir, _interruptible() as interrupted:
+    with tempfile.TemporaryDirectory(prefix="opslab-ansible-") as private_dir, interrupt:
         runner = ansible_runner.run(
             private_data_dir=private_dir, project_dir=str(PROJECT_ROOT), playbook=str(STAGE_PLAYBOOK),
             inventory=str(Path(inventory).resolve()), extravars={"opslab_stage": stage.id, "opslab_stage_mode": mode},
             envvars=env, quiet=True, suppress_output_file=True,
-            event_handler=follow, cancel_callback=interrupted.is_set)
+            event_handler=follow, cancel_callback=interrupt.before_start)
         run.count(runner.stats)
-    if interrupted.is_set():
+    if interrupt.requested:
         raise KeyboardInterrupt
     if runner.rc != 0:
         raise LabError(_failure_line(stage, mode, runner.rc, run))
     return run
 
 
-@contextmanager
-def _interruptible():
-    """An event that Ctrl-C sets and ansible-runner polls to stop the playbook: the playbook runs on
-    its own pty, out of reach of the terminal's SIGINT."""
-    interrupted = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield interrupted
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
-    try:
-        yield interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous)
+class _Interrupt:
+    """Ctrl-C while a playbook runs. ansible-playbook runs on ansible-runner's pty, out of reach of the
+    terminal's SIGINT, so it is passed on: ansible then stops its workers (each in a session of its own)
+    and exits as it would in a terminal. Before the playbook has started, ansible-runner cancels it."""
+
+    def __init__(self) -> None:
+        self.playbook_pid: int | None = None
+        self.requested = False
+        self._previous = None
+
+    def before_start(self) -> bool:
+        """ansible-runner's cancel check: cancel only a playbook that has not started yet."""
+        return self.requested and self.playbook_pid is None
+
+    def started(self, pid: int | None) -> None:
+        self.playbook_pid = pid
+        if self.requested:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        if self.playbook_pid is not None:
+            with suppress(ProcessLookupError):
+                os.kill(self.playbook_pid, signal.SIGINT)
+
+    def _handle(self, _signum, _frame) -> None:
+        self.requested = True
+        self._pass_on()
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _environment() -> dict:

@@ -2,8 +2,12 @@
 per-host counts from its stats, and a real run on this machine that leaves nothing behind."""
 import io
 import os
+import signal
 import sys
 import tempfile
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +123,40 @@ def test_a_real_failed_run_is_one_error_line(local_stage_playbook):
         ansible.run_stage_playbook(load_registry().resolve("stage1"), "reset", inventory, echo=io.StringIO())
     assert str(error.value) == ("ansible-playbook reset of stage1 failed at task 'Fail where it is asked to' on here "
                                 "(failed): asked to fail in reset; fix it, then rerun (details above)")
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live (not zombie) processes that contain `text`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            zombie = " Z " in (proc / "stat").read_text().rsplit(")", 1)[1][:4]
+        except OSError:
+            continue
+        if text in cmdline and not zombie:
+            found.append(cmdline)
+    return found
+
+
+class InterruptOnceStarted(io.StringIO):
+    """Output that presses Ctrl-C (SIGINT to this process) once the long task has started."""
+
+    def write(self, text):
+        if "TASK [Sleep]" in text:
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return super().write(text)
+
+
+def test_ctrl_c_stops_the_playbook_and_its_workers(local_stage_playbook):
+    inventory, tmp_path = local_stage_playbook
+    ansible.STAGE_PLAYBOOK.write_text(
+        "- name: Long\n  hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: Sleep\n      ansible.builtin.command: sleep 37.5\n      changed_when: false\n")
+    echo = InterruptOnceStarted()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ansible.run_stage_playbook(load_registry().resolve("stage1"), "solve", inventory, echo=echo)
+    assert time.monotonic() - started < 30
+    time.sleep(0.5)
+    assert processes_mentioning(str(tmp_path)) == [] and processes_mentioning("sleep 37.5") == []
