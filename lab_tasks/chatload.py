@@ -83,6 +83,6 @@ class ChatLoad(LoadThread):
         # A stream that ends without its final usage chunk was cut short, even when no error was raised.
         sample = Sample(t=round(result.start - self._t0, 3), ok=result.success and result.usage_reported,
                         end=round(time.perf_counter() - self._t0, 3), chunks=len(result.chunk_times),
-                        request=request, attempt=attempt)
+                        request=request, attempt=attempt, error=result.error or ("" if result.usage_reported else "cut"))
         self.samples.append(sample)
         return sample

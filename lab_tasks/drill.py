@@ -64,6 +64,7 @@ class Sample:
     chunks: int = 0
     request: int = 0
     attempt: int = 0
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class DrillResult:
     failed_after_vip_moved: int = 0
     vip_moved_s: float | None = None
     restored: bool = True
+    errors: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     max_tokens: int | None = None
 
@@ -133,8 +135,13 @@ def find_outages(samples: list[Sample], t_break: float | None = None) -> list[Ou
 def summarize(samples: list[Sample], t_break: float | None = None, t_moved: float | None = None) -> dict:
     """requests, failed, outage_s (the longest outage), recovered, the outage windows and the requests sent
     after the VIP moved that failed."""
-    return {"requests": len(samples), "failed": sum(not s.ok for s in samples),
+    return {"requests": len(samples), "failed": sum(not s.ok for s in samples), "errors": error_kinds(samples),
             **outage_summary(samples, t_break), "failed_after_vip_moved": failed_after(samples, t_moved)}
+
+
+def error_kinds(samples: list[Sample]) -> dict[str, int]:
+    """How many failed samples (attempts) failed in which way ("connection", "http_502", "timeout", ...)."""
+    return dict(Counter(s.error or "failed" for s in samples if not s.ok))
 
 
 def outage_summary(samples: list[Sample], t_break: float | None = None) -> dict:
@@ -166,6 +173,7 @@ def summarize_streams(attempts: list[Sample], t_break: float | None = None, t_mo
     fresh = [a for a in attempts if a.ok or not a.chunks]
     return {"requests": len(final), "failed": sum(not a.ok for a in final.values()),
             "broken_streams": len(broken), "retries": sum(a.attempt > 0 for a in attempts),
+            "errors": error_kinds(attempts),
             **outage_summary(fresh, t_break), "failed_after_vip_moved": failed_after(fresh, t_moved)}
 
 
@@ -292,7 +300,8 @@ class Stream(LoadThread):
             while not self._stop_event.is_set() and len(self.samples) < self.max_requests:
                 sent = self.now()
                 reply = httpprobe.get(self.url, http)
-                self.samples.append(Sample(round(sent, 3), reply.ok, reply.served_by))
+                error = "" if reply.ok else (f"http_{reply.status}" if reply.status else reply.error.split(":")[0])
+                self.samples.append(Sample(round(sent, 3), reply.ok, reply.served_by, error=error))
                 self._stop_event.wait(max(0.0, self.interval_s - (self.now() - sent)))
 
     def summary(self, samples: list[Sample], t_break: float | None, t_moved: float | None) -> dict:

@@ -1,6 +1,7 @@
 """`lab sandbox`: idempotent up, SSH to every host, status, exec, docker host, and a clean `down`."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from lab_tasks.sandbox import hosts as sandbox_hosts
 from lab_tasks.sandbox import lab as sandbox_lab
 from lab_tasks.sandbox import network
 from lab_tasks.sandbox.paths import INVENTORY_FILE, STATE_DIR
-from lab_tasks.topology import topology, vip
+from lab_tasks.topology import group_hosts, topology, vip, vips
 
 
 def pids(hosts) -> dict[str, int | None]:
@@ -46,6 +47,17 @@ def test_status_shows_every_host_up_with_ssh(sandbox):
         assert host.address in row and " ok " in row and str(sandbox_hosts.read_pid(host)) in row
 
 
+def test_status_json_lists_hosts_vips_and_inference_endpoints(sandbox):
+    done = run_lab("sandbox", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert [(h["name"], h["address"], h["ssh"]) for h in status["hosts"]] == [(h.name, h.address, True) for h in sandbox]
+    assert {h["name"]: h["groups"] for h in status["hosts"]}["infer1"] == ["inference"]
+    assert status["vips"] == vips()
+    assert status["endpoints"]["inference"] == f"http://{vip('edge')}"
+    assert len(status["endpoints"]["inference_nodes"]) == len(group_hosts("inference"))
+
+
 def test_exec_returns_the_commands_exit_code(sandbox):
     assert run_lab("sandbox", "exec", "learner1", "--", "exit 7").returncode == 7
     assert run_lab("sandbox", "exec", "learner1", "--", "true").returncode == 0
@@ -70,8 +82,8 @@ def test_inventory_has_the_topology_groups_and_lab_vars(sandbox):
 
 def test_forward_rules_keep_traffic_in_the_lab(sandbox):
     bridge = topology()["network"]["bridge"]
-    rules = network.tagged_rules()
-    assert len(rules) == len(network.wanted_rules(bridge))
+    rules = network.tagged_rules("FORWARD")
+    assert len(rules) == len(network.forward_rules(bridge))
     assert any(f"-i {bridge} -o {bridge}" in rule and "ACCEPT" in rule for rule in rules)
     route = run_lab("sandbox", "exec", "learner1", "--", "ip route show default")
     assert f"via {topology()['network']['gateway']}" in route.stdout

@@ -83,7 +83,7 @@ def test_refused_requests_are_retried_and_the_outage_measured():
     t_moved, api.state = chat.now(), "up"
     assert drill.wait_until(lambda: chat.succeeded_since(t_moved, 8), 3)
     summary = chat.summary(chat.stop(), t_break, t_moved)
-    assert summary["retries"] > 0 and summary["broken_streams"] == 0
+    assert summary["retries"] > 0 and summary["broken_streams"] == 0 and set(summary["errors"]) == {"connection"}
     assert 0.3 < summary["outage_s"] < 1.0 and summary["recovered"]
     assert summary["failed_after_vip_moved"] == 0
 
@@ -98,6 +98,7 @@ def test_streams_cut_after_their_first_chunk_are_broken_not_retried():
     assert all(not s.ok and s.chunks == 1 and s.attempt == 0 for s in samples)
     summary = chat.summary(samples, 0.0, None)
     assert summary["broken_streams"] == len(samples) == summary["failed"] and summary["retries"] == 0
+    assert summary["errors"] == {"connection": len(samples)}
 
 
 def test_a_stream_without_its_usage_chunk_counts_as_cut():
@@ -111,7 +112,8 @@ def test_a_stream_without_its_usage_chunk_counts_as_cut():
     chat = ChatLoad("http://vip", "m", 1, 4, 5, transport=httpx.MockTransport(handler))
     chat.start()
     assert drill.wait_until(lambda: chat.samples, 3)
-    assert not chat.stop()[0].ok
+    sample = chat.stop()[0]
+    assert (sample.ok, sample.error) == (False, "cut")
 
 
 @pytest.mark.parametrize("abort", [True, False])

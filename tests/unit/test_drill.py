@@ -16,7 +16,7 @@ def timeline(pattern: str, step: float = 0.05) -> list[Sample]:
 def test_no_failure_means_no_outage():
     summary = drill.summarize(timeline("++++++"))
     assert summary == {"requests": 6, "failed": 0, "outage_s": 0.0, "recovered": True, "outages": [],
-                       "failed_after_vip_moved": 0}
+                       "failed_after_vip_moved": 0, "errors": {}}
 
 
 def test_outage_runs_from_first_failure_to_next_success():
@@ -134,6 +134,7 @@ def test_stream_summary_counts_broken_streams_retries_and_requests_after_the_mov
     summary = drill.summarize_streams(attempts, t_break=1.0, t_moved=1.5)
     assert (summary["requests"], summary["failed"]) == (4, 1)
     assert (summary["broken_streams"], summary["retries"], summary["failed_after_vip_moved"]) == (1, 2, 0)
+    assert summary["errors"] == {"failed": 3}
     assert summary["outage_s"] == pytest.approx(0.5) and summary["outages"] == [[1.1, 1.6]]
     assert summary["recovered"]
 
