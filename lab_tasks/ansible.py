@@ -1,4 +1,4 @@
-"""Run playbooks/stage.yml for `lab start|solve|reset` through ansible-runner.
+"""Run playbooks through ansible-runner: playbooks/stage.yml for `lab start|solve|reset`, or any other.
 
 Ansible's own output streams to the user as it happens; what the run did comes from ansible-runner's
 structured events (the first failure: task, host, reason) and its per-host stats, never from the text.
@@ -58,10 +58,11 @@ STATS_KEYS = {"ok": "ok", "changed": "changed", "failed": "failures", "unreachab
 
 @dataclass
 class PlaybookRun:
-    """What a playbook run did: per-host stats and the first failure."""
+    """What a playbook run did: per-host stats, the first failure, the exit code."""
 
     hosts: dict[str, HostStats] = field(default_factory=dict)
     failure: Failure | None = None
+    rc: int = 0  # ansible-playbook's exit code
 
     @property
     def changed(self) -> dict[str, int]:
@@ -80,7 +81,7 @@ class PlaybookRun:
     def count(self, stats: dict | None) -> None:
         """Take the per-host counts from ansible-runner's stats (None when no play ran)."""
         stats = stats or {}
-        names = sorted({host for key in STATS_KEYS.values() for host in stats.get(key) or {}})
+        names = sorted({host for key in ("processed", *STATS_KEYS.values()) for host in stats.get(key) or {}})
         self.hosts = {host: HostStats(**{name: (stats.get(key) or {}).get(host, 0) for name, key in STATS_KEYS.items()})
                       for host in names}
 
@@ -96,10 +97,19 @@ def _reason(result: dict) -> str:
 
 def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stdout) -> PlaybookRun:
     """Run the stage's role in `mode`, streaming ansible's output to `echo`; LabError on failure."""
-    import ansible_runner  # imported here: `lab list/show/check` never pay for it
-
     if mode not in MODES:
         raise LabError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+    run = run_playbook(STAGE_PLAYBOOK, inventory, {"opslab_stage": stage.id, "opslab_stage_mode": mode}, echo)
+    if run.rc != 0:
+        raise LabError(_failure_line(stage, mode, run.rc, run))
+    return run
+
+
+def run_playbook(playbook: Path, inventory: Path, extravars: dict | None = None, echo=sys.stdout) -> PlaybookRun:
+    """Run a playbook through ansible-runner, streaming ansible's output to `echo`; the run's exit code is
+    `rc` of the result. LabError when it cannot start; KeyboardInterrupt after Ctrl-C stopped it."""
+    import ansible_runner  # imported here: `lab list/show/check` never pay for it
+
     if not Path(inventory).exists():
         raise LabError(f"inventory {inventory} not found; run `lab sandbox up` or pass -i INVENTORY")
     env = _environment()
@@ -120,15 +130,13 @@ def run_stage_playbook(stage: Stage, mode: str, inventory: Path, echo=sys.stdout
     # Artifacts (events, stdout, fact cache) live in a private temp dir, removed after the run.
     with tempfile.TemporaryDirectory(prefix="opslab-ansible-") as private_dir, interrupt:
         runner = ansible_runner.run(
-            private_data_dir=private_dir, project_dir=str(PROJECT_ROOT), playbook=str(STAGE_PLAYBOOK),
-            inventory=str(Path(inventory).resolve()), extravars={"opslab_stage": stage.id, "opslab_stage_mode": mode},
-            envvars=env, quiet=True, suppress_output_file=True,
-            event_handler=follow, cancel_callback=interrupt.before_start)
+            private_data_dir=private_dir, project_dir=str(PROJECT_ROOT), playbook=str(playbook),
+            inventory=str(Path(inventory).resolve()), extravars=extravars or {}, envvars=env,
+            quiet=True, suppress_output_file=True, event_handler=follow, cancel_callback=interrupt.before_start)
         run.count(runner.stats)
+        run.rc = runner.rc
     if interrupt.requested:
         raise KeyboardInterrupt
-    if runner.rc != 0:
-        raise LabError(_failure_line(stage, mode, runner.rc, run))
     return run
 
 
