@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install image lab test test-unit test-integration lint clean
+.PHONY: help install image peers lab test test-unit test-integration lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -25,7 +25,11 @@ lab: image ## Bring the sandbox up, run site.yml, show `lab check all`, print wh
 	$(LAB) check all || true
 	$(LAB) sandbox status
 
-test: image ## Run every test suite (unit, inference, integration on the sandbox)
+peers: install ## Build llama.cpp's llama-server for this CPU (cached under /var/cache/opslab/peers; ~10 min once)
+	$(VENV)/bin/python -m inference fetch-model >/dev/null  # the build's smoke test decodes with it
+	PYTHON=$(CURDIR)/$(VENV)/bin/python scripts/build-peers.sh llama-server
+
+test: image peers ## Run every test suite (unit, inference, benchmarks against llama-server, integration)
 	$(PYTEST) tests/
 
 test-unit: install ## Run the fast unit tests (no root, no sandbox)

@@ -25,7 +25,7 @@ from inference.config import DTYPES, EngineConfig, ModelConfig
 from inference.loaders import load_checkpoint
 from inference.lora import merge_lora
 from inference.model import LlamaForCausalLM, convert_hf_state_dict
-from inference.models import sha256_of
+from inference.model_store import sha256_of
 from inference.quant import QuantConfig, convert_for_runtime, linear_names, quantize_state_dict, quantized_names
 from inference.tokenizer import Tokenizer
 
@@ -81,7 +81,7 @@ def build_engine(src: str | Path, out_dir: str | Path, dtype: str = "float32", q
 def cached_engine(source: str | Path, quant: str = "none", group_size: int = 32, dtype: str = "float32") -> Path:
     """An engine built from `source` into ${OPSLAB_CACHE:-/var/cache/opslab}/engines, once per source, settings
     and engine format (benchmarks and peer comparisons share it)."""
-    from inference.models import cache_dir
+    from inference.model_store import cache_dir
 
     source = Path(source)
     name = f"{source.stem}-{dtype}-{quant}" + (f"-g{group_size}" if quant == "int4" else "")

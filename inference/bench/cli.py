@@ -13,7 +13,7 @@ from inference.bench.dataset import prompt_stream
 from inference.bench.metrics import parse_goodput
 from inference.bench.plots import write_plots
 from inference.bench.report import compare_tables, print_tables, run_record, summary_table, write_json
-from inference.bench.runner import Load, benchmark_endpoint
+from inference.bench.load import Load, benchmark_endpoint
 
 
 class BenchError(click.ClickException):

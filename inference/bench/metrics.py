@@ -78,6 +78,8 @@ def calculate_metrics(
         "total_input_tokens": total_input,
         "total_output_tokens": total_output,
         "output_tokens_counted_from_chunks": sum(not r.usage_reported for r in done),
+        "total_content_chunks": sum(len(r.chunk_times) for r in done),
+        "chunk_usage_mismatches": sum(r.usage_reported and len(r.chunk_times) != r.output_tokens for r in done),
         "request_throughput": len(done) / duration_s,
         "request_goodput": good / duration_s if goodput_slos_ms else None,
         "output_throughput": total_output / duration_s,

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from inference.bench.runner import RunOutcome
+from inference.bench.load import RunOutcome
 
 SUMMARY_COLUMNS = {
     "completed": "ok",
@@ -78,11 +78,17 @@ def load_series(paths: list[Path]) -> dict[str, dict[str, dict]]:
     return series
 
 
+def quotient(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
 def ratio(value, baseline) -> str:
     """value / baseline as "×1.23", or a dash when undefined."""
-    if value is None or not baseline:
-        return "-"
-    return f"×{value / baseline:.2f}"
+    share = quotient(value, baseline)
+    return "-" if share is None else f"×{share:.2f}"
 
 
 def compare_tables(paths: list[Path]) -> list[Table]:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from inference.bench.cli import bench
 from inference.bench.client import Endpoint, RequestOptions
 from inference.bench.dataset import prompt_stream
-from inference.bench.runner import Load, benchmark_endpoint
+from inference.bench.load import Load, benchmark_endpoint
 from live_server import ROOT, free_port, metric_value
 
 pytestmark = pytest.mark.timeout(300)

@@ -14,7 +14,7 @@ import torch
 from weights_helpers import save_tiny_hf
 
 from inference import kernels
-from inference.models import SMOLLM2, FetchError, fetch_model
+from inference.model_store import SMOLLM2, FetchError, fetch_model
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The fused AVX2 linear kernel (inference/kernels) against PyTorch on the same decoded weights: every
 weight format, row counts on both sides of the kernel's internal switches (1 row in registers, up to 8 for
 per-row int8, tiles of 3, panels of 48), bias or not; the modules' fallback for shapes the kernel does not take; whole-model
-logits with the kernels swapped in. Speed is measured by inference/benchmarks/quant_linear.py, not here."""
+logits with the kernels swapped in. Speed is measured by benchmarks/quant_linear.py, not here."""
 from __future__ import annotations
 
 import os

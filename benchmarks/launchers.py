@@ -1,7 +1,9 @@
 """How to launch each server under test: context managers that start it, wait until it answers, yield its
 base URL (no `/v1`), and stop it on exit (SIGTERM to its process group, SIGKILL after a grace period).
 
-Peer binaries live under `OPSLAB_PEERS_DIR` (default /var/cache/opslab/peers), built by scripts/build-peers.sh.
+Peer binaries live under `OPSLAB_PEERS_DIR` (default /var/cache/opslab/peers), built by scripts/build-peers.sh
+for the CPU features of the machine that built them; a peer built for features this CPU lacks is refused
+(it would die on an illegal instruction), with the command that rebuilds it.
 """
 
 import os
@@ -18,25 +20,43 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.machine import cpu, peer_builds, peers_dir
+from benchmarks.names import HF, LLAMA_CPP_PYTHON, LLAMA_SERVER
+
 HOST = "127.0.0.1"
 BUILD_HINT = "build it with `scripts/build-peers.sh {peer}` (10-12 min on 2 cores)"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FEATURE_FLAGS = {  # a ggml build feature (build.json) -> the /proc/cpuinfo flags it compiles for
+    "sse42": ("sse4_2",), "avx": ("avx",), "avx2": ("avx2",), "fma": ("fma",), "f16c": ("f16c",), "bmi2": ("bmi2",),
+    "avx_vnni": ("avx_vnni",), "avx512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "avx512_vbmi": ("avx512vbmi",), "avx512_vnni": ("avx512_vnni",), "avx512_bf16": ("avx512_bf16",),
+}
 
 
 class PeerError(RuntimeError):
     """A server under test is missing, died, or never became ready."""
 
 
-def peers_dir() -> Path:
-    """`${OPSLAB_PEERS_DIR:-/var/cache/opslab/peers}`."""
-    return Path(os.environ.get("OPSLAB_PEERS_DIR", "/var/cache/opslab/peers"))
-
-
 def llama_server_binary() -> Path:
     """The native llama.cpp server, or PeerError naming the build script."""
     binary = peers_dir() / "bin" / "llama-server"
     if not os.access(binary, os.X_OK):
-        raise PeerError(f"llama-server is not built ({binary} missing); {BUILD_HINT.format(peer='llama-server')}")
+        raise PeerError(f"llama-server is not built ({binary} missing); {BUILD_HINT.format(peer=LLAMA_SERVER)}")
+    check_built_for_this_cpu(LLAMA_SERVER)
     return binary
+
+
+def check_built_for_this_cpu(peer: str) -> None:
+    """PeerError when the peer has no build record or was built for CPU features this machine lacks."""
+    build = peer_builds().get(peer)
+    if build is None:
+        raise PeerError(f"{peer} has no build record (built before records were kept); "
+                        f"{BUILD_HINT.format(peer=peer)}")
+    flags = set(cpu()["flags"])
+    lacking = [feature for feature in build["features"] if not set(FEATURE_FLAGS.get(feature, ())) <= flags]
+    if lacking:
+        raise PeerError(f"{peer} was built on {build['cpu_model']} for {', '.join(lacking)}, which this CPU lacks; "
+                        f"{BUILD_HINT.format(peer=peer)}")
 
 
 def llama_cpp_python() -> Path:
@@ -46,13 +66,14 @@ def llama_cpp_python() -> Path:
                                                     capture_output=True, timeout=60).returncode == 0
     if not installed:
         raise PeerError(f"llama-cpp-python's server is not installed ({python} cannot import llama_cpp.server); "
-                        f"{BUILD_HINT.format(peer='llama-cpp-python')}")
+                        f"{BUILD_HINT.format(peer=LLAMA_CPP_PYTHON)}")
+    check_built_for_this_cpu(LLAMA_CPP_PYTHON)
     return python
 
 
 def missing_peers(names) -> dict[str, str]:
     """{peer: why it cannot run} for the llama.cpp peers among `names` that are not built (others ignored)."""
-    checks = {"llama-server": llama_server_binary, "llama-cpp-python": llama_cpp_python}
+    checks = {LLAMA_SERVER: llama_server_binary, LLAMA_CPP_PYTHON: llama_cpp_python}
     missing = {}
     for name in names:
         try:
@@ -127,29 +148,31 @@ def launched(name: str, command: Sequence, port: int, ready_path: str = "/health
 
 
 def torch_env(threads: int) -> dict[str, str]:
-    """Environment of a torch-based server: its thread count, and no API key inherited from ours."""
+    """Environment of a torch-based server: its thread count, no API key inherited from ours, and this
+    checkout on the import path (the benchmarks package is not installed)."""
     env = {key: value for key, value in os.environ.items() if key != "OPSLAB_API_KEY"}
-    return {**env, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return {**env, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
 
 
 @contextmanager
-def opslab_server(engine_dir: Path, port: int, threads: int = 2, max_num_seqs: int | None = None,
+def ours_server(engine_dir: Path, port: int, threads: int = 2, max_num_seqs: int | None = None,
                   max_queue: int = 256, extra_args: Sequence[str] = (), **launch) -> Iterator[str]:
     """Our server (`python -m inference.server`) over an engine dir."""
     command = [sys.executable, "-m", "inference.server", "--engine", engine_dir, "--host", HOST, "--port", port,
                "--max-queue", max_queue, "--engine-arg", f"num_threads={threads}", *extra_args]
     if max_num_seqs:
         command += ["--engine-arg", f"max_num_seqs={max_num_seqs}"]
-    with launched("opslab", command, port, env=torch_env(threads), **launch) as url:
+    with launched("ours", command, port, env=torch_env(threads), **launch) as url:
         yield url
 
 
 @contextmanager
 def hf_baseline_server(model: Path, port: int, threads: int = 2, **launch) -> Iterator[str]:
-    """The transformers baseline (inference.peers.hf_server) over an HF dir or a .gguf file."""
-    command = [sys.executable, "-m", "inference.peers.hf_server", "--model", model, "--host", HOST, "--port", port,
+    """The transformers baseline (benchmarks.hf_server) over an HF dir or a .gguf file."""
+    command = [sys.executable, "-m", "benchmarks.hf_server", "--model", model, "--host", HOST, "--port", port,
                "--threads", threads]
-    with launched("hf", command, port, env=torch_env(threads), **launch) as url:
+    with launched(HF, command, port, env=torch_env(threads), **launch) as url:
         yield url
 
 
@@ -169,7 +192,7 @@ def llama_server(gguf: Path, port: int, threads: int = 2, parallel: int = 1, ctx
                "-c", parallel * ctx_per_slot]
     if "--no-webui" in llama_server_flags(binary):
         command.append("--no-webui")
-    with launched("llama-server", command, port, **launch) as url:
+    with launched(LLAMA_SERVER, command, port, **launch) as url:
         yield url
 
 
@@ -178,5 +201,5 @@ def llama_cpp_python_server(gguf: Path, port: int, threads: int = 2, n_ctx: int 
     """llama-cpp-python's OpenAI server (serves one request at a time)."""
     command = [llama_cpp_python(), "-m", "llama_cpp.server", "--model", gguf, "--n_threads", threads,
                "--n_ctx", n_ctx, "--host", HOST, "--port", port]
-    with launched("llama-cpp-python", command, port, ready_path="/v1/models", **launch) as url:
+    with launched(LLAMA_CPP_PYTHON, command, port, ready_path="/v1/models", **launch) as url:
         yield url

@@ -1,6 +1,6 @@
 """Speed and weight bytes of the linear-layer paths on SmolLM2's layer shapes, side by side in one run.
 
-    python -m inference.benchmarks.quant_linear [--threads 2] [--repeats 100] [--out results/quant_linear.json]
+    python -m benchmarks.quant_linear [--threads 2] [--repeats 100] [--out results/quant_linear.json]
 
 Paths, for each (out, in) shape and row count M: MKL fp32 `F.linear` (the baseline every ratio divides by);
 the fused AVX2 kernel on fp32, int8 and int4-g32 weights, and int8 weights times int8 activations (w8a8)
@@ -10,14 +10,15 @@ quantized weights (dequantize, then `F.linear`); torch's packed CPU kernels (`to
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+import click
 import torch
 import torch.nn.functional as F
 
+from benchmarks.machine import machine
 from inference import kernels
 from inference.quant import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 
@@ -85,21 +86,21 @@ def run(repeats: int, slow_paths_up_to: int = 16) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path("results/quant_linear.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = run(args.repeats)
+@click.command("quant_linear", help=__doc__.splitlines()[0])
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results/quant_linear.json"),
+              show_default=True)
+def main(threads: int, repeats: int, out: Path) -> None:
+    torch.set_num_threads(threads)
+    rows = run(repeats)
     print(f"{'shape':>10} {'M':>4} {'path':28} {'ms':>9} {'vs fp32':>8} {'GB/s':>7} {'GFLOPS':>7}")
     for r in rows:
         print(f"{r['shape']:>10} {r['M']:4} {r['path']:28} {r['median_ms']:9.3f} "
               f"{r['speedup_vs_fp32_F.linear']:7.2f}x {r['GB_per_s']:7.1f} {r['GFLOPS']:7.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": threads, "machine": machine(), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="python -m benchmarks.quant_linear")

@@ -1,9 +1,11 @@
 """A naive Hugging Face deployment as an engine: `generate` + a text streamer, one request at a time.
 
 `HFEngine` has the interface the OpenAI server drives (`AsyncLLMEngine`'s: add_request/abort/stats/start/stop),
-so `inference.peers.hf_server` serves it with our own HTTP layer and only the generation differs. Requests
+so `benchmarks.hf_server` serves it with our own HTTP layer and only the generation differs. Requests
 queue in arrival order; a worker thread runs `LlamaForCausalLM.generate` for one of them at a time (no
 batching, no paged KV cache), which is what a plain transformers server does.
+Weights load with strict key checking (`model_from_checkpoint`, `load_hf`): a baseline that silently runs on
+randomly initialised layers would make every ratio against it meaningless.
 """
 from __future__ import annotations
 
@@ -19,8 +21,36 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from inference.config import SamplingParams
-from inference.engine import EngineStats
+from inference.llm_engine import EngineStats
 from inference.outputs import RequestOutput
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_keys(missing: list[str], unexpected: list[str], tied: bool, source) -> None:
+    """ValueError unless the checkpoint filled every weight of the model and nothing else (a tied head's
+    weight is the embedding's, so it may be absent)."""
+    missing = [key for key in missing if not (tied and key == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match LlamaForCausalLM: missing {missing[:8]}, unexpected "
+                         f"{list(unexpected)[:8]}; the HF baseline would run on random weights")
+
+
+def model_from_checkpoint(path: str | Path, dtype: str = "float32", device: str = "cpu") -> LlamaForCausalLM:
+    """The checkpoint our engine loads (GGUF or HF dir, through inference.loaders), in LlamaForCausalLM."""
+    from transformers import LlamaConfig
+
+    from inference.loaders import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    config = LlamaConfig(**{k: v for k, v in checkpoint.config.to_dict().items() if v is not None})
+    model = LlamaForCausalLM(config)
+    result = model.load_state_dict(checkpoint.state_dict, strict=False)
+    check_keys(result.missing_keys, result.unexpected_keys, config.tie_word_embeddings, path)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.to(device=device, dtype=DTYPES[dtype]).eval()
 
 
 def load_hf(path: str | Path) -> tuple[LlamaForCausalLM, object]:
@@ -28,7 +58,9 @@ def load_hf(path: str | Path) -> tuple[LlamaForCausalLM, object]:
     path = Path(path)
     where, extra = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
     tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-    model = LlamaForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+    model, info = LlamaForCausalLM.from_pretrained(where, dtype=torch.float32, output_loading_info=True, **extra)
+    check_keys(sorted(info["missing_keys"]), sorted(info["unexpected_keys"]) + sorted(map(str, info["mismatched_keys"])),
+               model.config.tie_word_embeddings, path)
     return model.eval(), tokenizer
 
 
@@ -131,6 +163,7 @@ class HFEngine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self.error: str | None = None  # why the worker thread died, if it did
         self.last_step_time = time.monotonic()
         self.prompt_tokens_total = self.generation_tokens_total = 0
 
@@ -169,6 +202,10 @@ class HFEngine:
         self._queue.put(job)
         return self._stream(job)
 
+    def check_fits_together(self, lengths: list[int]) -> None:
+        """Nothing to check: one generation at a time in HF's own cache, so sequences never share a budget
+        (the server checks each against max_model_len)."""
+
     def abort(self, request_id: str) -> None:
         job = self.jobs.get(request_id)
         if job is not None:
@@ -196,6 +233,13 @@ class HFEngine:
     # ---- the worker thread ----
 
     def _run(self) -> None:
+        try:
+            self._serve_queue()
+        except BaseException as error:  # the server's watchdog reads it and exits non-zero
+            self.error = f"{type(error).__name__}: {error}"
+            raise
+
+    def _serve_queue(self) -> None:
         while not self._stopping:
             self.last_step_time = time.monotonic()
             try:
