@@ -25,11 +25,11 @@ def sandbox() -> None:
 
 
 def status_table(rows: list[lab.HostStatus]) -> Table:
-    """One row per host: name, address, nspawn PID, SSH."""
-    table = Table("host", "address", "pid", "ssh")
+    """One row per host: name, address, groups, nspawn PID, SSH."""
+    table = Table("host", "address", "groups", "pid", "ssh")
     for row in rows:
         ssh = "[green]ok[/green]" if row.ssh else "[red]no answer[/red]"
-        table.add_row(row.name, row.address, str(row.pid or "stopped"), ssh)
+        table.add_row(row.name, row.address, ",".join(row.groups), str(row.pid or "stopped"), ssh)
     return table
 
 
