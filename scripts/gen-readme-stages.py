@@ -17,13 +17,15 @@ START, END = "<!-- stages:start -->", "<!-- stages:end -->"
 
 
 def stage_table(registry: Registry) -> str:
-    """A markdown table: one row per stage, in registry order."""
-    rows = ["| Stage | Name (`lab check ...`) | Title | Hosts | Tasks | Learner page |",
-            "|---|---|---|---|---|---|"]
+    """A markdown table: one row per stage, in path (registry) order, with prerequisites and time."""
+    rows = ["| Stage | Name (`lab check ...`) | Title | Builds on | Time | Hosts | Tasks | Learner page |",
+            "|---|---|---|---|---|---|---|---|"]
     for stage in registry.stages:
         tasks = ", ".join(task.id for task in stage.tasks)
+        builds_on = ", ".join(r.removeprefix("stage") for r in stage.requires) or "-"
         rows.append(f"| {stage.id.removeprefix('stage')} | `{stage.id}` / `{stage.slug}` | {stage.title} | "
-                    f"{', '.join(stage.hosts)} | {tasks} | [{stage.page}]({stage.page}) |")
+                    f"{builds_on} | ~{stage.minutes} min | {', '.join(stage.hosts)} | {tasks} | "
+                    f"[{stage.page}]({stage.page}) |")
     return "\n".join(rows)
 
 

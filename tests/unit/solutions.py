@@ -10,7 +10,7 @@ role defaults and vars, lab_tasks/ports.yml and the stage hosts' topology variab
 - replace: the substitution; cron: the job, its five time fields and the whole line;
 - where files go (dest/path of copy, template, file, lineinfile, blockinfile, replace),
   file/copy/template mode (octal), acl `u:NAME:PERMS` and `user:NAME:r-x`, systemd/service verbs
-  (`enable --now NAME`, `start NAME`), and any other module's string arguments (generic fallback).
+  (`enable --now NAME`, `systemctl start NAME`), and any other module's string arguments (generic fallback).
 
 Tasks whose arguments need runtime results (registered variables, gathered facts) cannot be rendered:
 they are counted in `Derived.skipped`, never silently dropped. A fragment that any goal of the stage states
@@ -283,7 +283,8 @@ def collect(derived: Derived, role: str, module: str, args, scope: dict, origin:
         if args.get("enabled") in (True, "true", "yes") and args.get("state") == "started":
             derived.add(f"enable --now {name}", origin)
         if args.get("state") in ("started", "restarted", "reloaded"):
-            derived.add(f"{str(args['state']).removesuffix('ed').removesuffix('e')} {name}", origin)
+            verb = {"started": "start", "restarted": "restart", "reloaded": "reload"}[args["state"]]
+            derived.add(f"systemctl {verb} {name}", origin)
     else:
         _generic(derived, args, origin)
 

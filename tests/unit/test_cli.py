@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from lab_tasks.cli import main
-from lab_tasks.registry import load_registry
+from lab_tasks.registry import PROJECT_ROOT, load_registry
 
 
 def lab(capsys, *args):
@@ -160,3 +160,9 @@ def test_cli_does_not_import_torch():
     probe = "import sys, lab_tasks.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_no_learner_command_prints_the_worked_solutions():
+    sources = [p for p in (PROJECT_ROOT / "lab_tasks").rglob("*.py")]
+    assert [p for p in sources if "docs/solutions" in p.read_text()] == []
+    assert (PROJECT_ROOT / "docs" / "solutions" / "README.md").is_file()
