@@ -314,7 +314,7 @@ def active_problems(host: str, view: Keepalived, conf_mtime: int | None) -> list
         problems.append(f"{host}: keepalived is not running as a service")
     if not view.enabled:
         problems.append(f"{host}: keepalived does not start at boot")
-    if view.running and conf_mtime and conf_mtime > view.loaded:
+    if view.running and conf_mtime and conf_mtime > view.loaded:  # whole seconds: the journal's and systemd's
         problems.append(f"{host}: keepalived.conf changed after keepalived last read it")
     return problems
 
@@ -324,7 +324,7 @@ def active(lab: Lab) -> Verdict:
     problems = []
     for host in _lbs(lab):
         f = lab.host(host).file(CONF)
-        problems += active_problems(host, keepalived_view(lab.host(host)), f.mtime.timestamp() if f.exists else None)
+        problems += active_problems(host, keepalived_view(lab.host(host)), int(f.mtime.timestamp()) if f.exists else None)
     return expect(not problems, expected="keepalived running with its current config and enabled at boot on every "
                                          "lb host", found="; ".join(problems) or "that")
 
