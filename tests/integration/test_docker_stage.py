@@ -11,7 +11,8 @@ import pytest
 import yaml
 from conftest import run_lab
 
-from lab_tasks.checks.stage8_docker import http_get, inspect
+from lab_tasks import httpprobe
+from lab_tasks.checks.stage8_docker import inspect
 from lab_tasks.registry import PROJECT_ROOT
 from lab_tasks.remote import ssh_host
 from lab_tasks.topology import Inventory, default_inventory_path, ports
@@ -57,7 +58,8 @@ def test_container_comes_back_after_a_daemon_restart(docker_host):
     assert host.run("systemctl restart docker").rc == 0
     assert wait_healthy(host) == "healthy"
     assert inspect(host, "container", "inspect", CONTAINER)["State"]["StartedAt"] != started
-    status, body = http_get(f"http://{address}:{ports()['docker_app']}/")
+    reply = httpprobe.get(f"http://{address}:{ports()['docker_app']}/")
+    status, body = reply.status, reply.body
     assert status == 200 and "opslab web" in body
 
 
