@@ -197,7 +197,8 @@ def sudoers(lab: Lab) -> Verdict:
     host, path = lab.host(), lab.vars["stage2_users_sudoers_file"]
     state = _stat(host, path)
     if state != (0o440, "root", "root"):
-        return expect(False, expected=f"{path} 0440 root:root", found=describe(state))
+        return expect(False, expected=f"{path} 0440 root:root",
+                      found=f"{path} is {describe(state)}" if state else f"there is no {path}")
     syntax = run(host, "visudo", "-c", "-f", path)
     problems = ([f"visudo: {syntax.stdout.strip() or syntax.stderr.strip()}"]
                 if syntax.rc else _sudo_problems(lab))

@@ -295,7 +295,9 @@ def case_problem(case: tuple[list[str], int, str], rc: int, stdout: str, stderr:
         right_output = not output or stdout.strip() == output
     if rc == code and right_output:
         return ""
-    want = "a usage message on stderr" if output == "usage" else f"printing {output}"
+    # the expected count is not printed: it is a row of the status report, another task's answer
+    want = ("a usage message on stderr" if output == "usage" else
+            "printing 0" if output == "0" else "printing how many requests got that status")
     return (f"`count-status.sh {' '.join(args)}` exited {rc} and printed {stdout.strip()[:40]!r}; "
             f"the goal asks for exit {code}" + (f", {want}" if output else ""))
 

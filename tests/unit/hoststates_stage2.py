@@ -128,7 +128,7 @@ NEAR_MISSES = [
     NearMiss("sudoers", "rule for alice only", _with(commands=_sudo({"alice": {COMMAND}})),
              "bob may not run"),
     NearMiss("sudoers", "left mode 0644", _with(files={SUDOERS: FakeFile("%devs rule\n", mode=0o644)}),
-             "found 0644 root:root"),
+             "found /etc/sudoers.d/devs is 0644 root:root"),
     NearMiss("sudoers", "syntax error", _with(commands={f"visudo -c -f {SUDOERS}": Result(
         1, f"{SUDOERS}:3:27: syntax error\n")}), "visudo:"),
     NearMiss("acl", "others given read instead of an ACL",

@@ -152,6 +152,6 @@ NEAR_MISSES = [
              "a usage message on stderr"),
     NearMiss("count-script", "a hard-coded count",
              _with(commands=script_runs(lambda case: Result(0, "527\n") if case[1] == 0 else None)),
-             "the goal asks for exit 0, printing"),
+             "the goal asks for exit 0, printing how many requests got that status"),
     NearMiss("count-script", "log truncated so every count is 0", _with(TRUNCATED), "access.log was changed"),
 ]
