@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import shlex
 
-from hoststates import FakeFile, FakeHost, FakeInventory, NearMiss, Result, fake_lab
+from hoststates import FakeFile, FakeHost, FakeInventory, NearMiss, fake_lab
 
 from lab_tasks.httpprobe import Reply
 
