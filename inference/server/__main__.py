@@ -86,9 +86,9 @@ class DrainingServer(uvicorn.Server):
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=DEFAULTS.max_body_bytes,
               show_default=True, help="larger request bodies get 413 (checked while reading, never buffered whole)")
 @click.option("--max-prompts", type=click.IntRange(min=1), default=DEFAULTS.max_prompts, show_default=True,
-              help="prompts in one /v1/completions request (more: 413)")
+              help="prompts in one /v1/completions request (more: 400)")
 @click.option("--max-messages", type=click.IntRange(min=1), default=DEFAULTS.max_messages, show_default=True,
-              help="messages in one /v1/chat/completions request (more: 413)")
+              help="messages in one /v1/chat/completions request (more: 400)")
 @click.option("--max-prompt-chars", type=click.IntRange(min=1), default=DEFAULTS.max_prompt_chars,
               show_default=True, help="characters of one prompt or conversation, checked before tokenizing (more: 400)")
 @click.option("--engine-arg", "engine_args", multiple=True, metavar="KEY=VALUE",

@@ -2,7 +2,6 @@
 
 import asyncio
 import hmac
-import json
 import uuid
 from contextlib import asynccontextmanager
 
@@ -14,7 +13,7 @@ from starlette.background import BackgroundTask
 
 from inference.server.errors import APIError, install_error_handlers, validation_error
 from inference.server.generation import Generation
-from inference.server.openapi import ERROR_RESPONSES, install_openapi, request_body
+from inference.server.openapi import GENERATION_RESPONSES, install_openapi, request_body
 from inference.server.protocol import ChatCompletionRequest, CompletionRequest
 from inference.server.responses import ChatAPI, CompletionAPI, TokenText, event_stream, full_response
 from inference.server.state import ServerState
@@ -57,12 +56,8 @@ def body_too_large(limit: int) -> APIError:
 async def parse_body(request: Request, model: type[BaseModel]):
     """The JSON body (whatever the Content-Type says) validated into `model`; 400 naming the bad param."""
     raw = await read_body(request, server_state(request).settings.max_body_bytes)
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, an int of > 4300 digits, too deep
-        raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
-    try:
-        return model.model_validate(data)
+    try:  # pydantic's own parser: refuses unpaired surrogates, bounds nesting depth and integer digits
+        return model.model_validate_json(raw)
     except ValidationError as error:
         raise validation_error(list(error.errors())) from None
 
@@ -76,7 +71,11 @@ def check_model(state: ServerState, model: str | None) -> None:
 def tokenize(engine, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
     """Text → token ids; token-id prompts are checked against the vocabulary."""
     if isinstance(prompt, str):
-        return engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        try:
+            return engine.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        except (TypeError, ValueError) as error:  # text the tokenizer cannot take is the caller's problem
+            raise APIError(400, f"the prompt cannot be tokenized: {error}", param="prompt",
+                           code="invalid_prompt") from None
     vocab_size = engine.model_config.vocab_size
     if any(not 0 <= token_id < vocab_size for token_id in prompt):
         raise APIError(400, f"prompt token ids must be in [0, {vocab_size})", param="prompt", code="invalid_prompt")
@@ -93,8 +92,8 @@ def check_prompt_size(texts: list, limit: int, param: str) -> None:
 
 def check_count(count: int, limit: int, param: str) -> None:
     if count > limit:
-        raise APIError(413, f"the request has {count} {param}; this server takes at most {limit} per request",
-                       param=param, code="request_too_large")
+        raise APIError(400, f"the request has {count} items in {param}; this server takes at most {limit} per "
+                       "request", param=param, code="too_many_items")
 
 
 def check_stop_token_ids(engine, body) -> None:
@@ -194,7 +193,7 @@ def build_router_handlers(app: FastAPI) -> None:
     v1 = [Depends(require_api_key)]
 
     @app.post("/v1/completions", dependencies=v1, openapi_extra=request_body(CompletionRequest),
-              responses=ERROR_RESPONSES)
+              responses=GENERATION_RESPONSES)
     async def completions(request: Request):
         """OpenAI completions: one or more prompts, `n` choices each, whole or streamed (SSE)."""
         body = await parse_body(request, CompletionRequest)
@@ -209,7 +208,7 @@ def build_router_handlers(app: FastAPI) -> None:
         return await serve(request, body, len(texts), prompts, body.max_tokens, body.logprobs, CompletionAPI, "cmpl")
 
     @app.post("/v1/chat/completions", dependencies=v1, openapi_extra=request_body(ChatCompletionRequest),
-              responses=ERROR_RESPONSES)
+              responses=GENERATION_RESPONSES)
     async def chat_completions(request: Request):
         """OpenAI chat completions: the conversation rendered by the model's chat template, `n` choices."""
         body = await parse_body(request, ChatCompletionRequest)
@@ -266,5 +265,5 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.server = state
     install_error_handlers(app)
     build_router_handlers(app)
-    install_openapi(app, state.settings)
+    install_openapi(app, state)
     return app

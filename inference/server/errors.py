@@ -39,7 +39,7 @@ ERROR_STATUSES = {
     400: "invalid request: malformed JSON, a wrong type or value (`param` names the field)",
     401: "missing or wrong API key",
     404: "unknown model",
-    413: "request body, prompt list or message list too large",
+    413: "request body larger than the server's limit",
     429: "queue full: retry after `Retry-After` seconds",
     500: "the engine failed this request (others are unaffected)",
     503: "loading, draining or the engine stopped: retry on another replica",

@@ -1,12 +1,13 @@
 """OpenAI request bodies (pydantic) and their translation into engine SamplingParams.
 
 Every number is bounded by what the engine can take (the bounds show in /openapi.json); floats must be finite
-(Python's JSON parser reads NaN and Infinity). Unknown fields are ignored (as vLLM does); fields we would
+(Python's JSON parser reads NaN and Infinity); types are strict, as OpenAI's are (no "16" or 16.0 for an integer,
+no 0 for a boolean). Unknown fields are ignored (as vLLM does); fields we would
 silently get wrong are refused instead. Limits the operator sets (prompts, messages, characters) and those
 of the loaded model (context length, vocabulary) are checked by the routes.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -19,16 +20,22 @@ INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # OpenAI's seed range; choice i sample
 
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS)]
+Item = TypeVar("Item")
+NonEmpty = Annotated[list[Item], Field(min_length=1)]
+
+
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
     include_usage: bool = False
 
 
 class SamplingFields(BaseModel):
     """Fields both endpoints share."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(STRICT, extra="ignore")
 
     model: str | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices to generate for each prompt")
@@ -116,16 +123,16 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
+    prompt: str | NonEmpty[str] | NonEmpty[TokenId] | NonEmpty[NonEmpty[TokenId]] = Field(
         description="a text, a list of texts, a list of token ids or a list of token-id lists")
     max_tokens: int | None = Field(16, ge=1, le=INT32_MAX,
                                    description="at most the model's context length minus the prompt")
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
     def check_prompt(cls, prompt):
-        """No empty prompt lists and no empty token lists."""
+        """No empty prompt lists and no empty token lists (said plainly, before the union's four complaints)."""
         if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
             raise ValueError("prompt must not be an empty list")
         return prompt
@@ -138,11 +145,13 @@ class CompletionRequest(SamplingFields):
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
 

@@ -61,6 +61,11 @@ BAD_REQUESTS = [
     ("/v1/completions", b'{"prompt": "x", "stop": "' + b"s" * 257 + b'"}', 400, "stop"),
     ("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400, None),
     ("/v1/completions", b"[" * 100_000 + b"]" * 100_000, 400, None),
+    ("/v1/completions", b'{"prompt": "\\ud800", "max_tokens": 2}', 400, None),  # an unpaired surrogate
+    ("/v1/completions", b'{"prompt": ["a", "\\udfff"], "max_tokens": 2}', 400, None),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": "16"}', 400, "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": false}', 400, "logprobs"),
+    ("/v1/completions", b'{"prompt": "x", "stream": 1}', 400, "stream"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": -1}', 400,
      "top_logprobs"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": '
