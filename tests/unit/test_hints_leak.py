@@ -5,7 +5,9 @@ What is screened, per stage:
   their arguments, file contents from copy/template/lineinfile/blockinfile/replace, cron lines, modes, ACL
   entries, systemd verbs, other modules' arguments; included tasks and roles followed; rendered with the
   role's variables for every stage host). Tasks that only write a registered command's output are skipped
-  there (their command is screened instead); anything the stage's goals state is public.
+  there (their command is screened instead), so the answer DATA a tool computes at solve time (stage 1's
+  file list, stage 4's report rows) is not a fragment: the stage 1 and 4 checks never print expected paths
+  or rows, which their near-miss tests pin. Anything the stage's goals state is public.
 - all three hint levels of every task, and the stage's learner page (docs/stages/);
 - every evidence string the checks produce on the stage's recorded states (tests/unit/hoststates_<stage>.py:
   the solved state, the planted state where recorded, every near miss). Coverage of evidence is therefore
@@ -30,7 +32,6 @@ PENDING = {
     "tiers": {
     },
     "pages": {
-        "stage7": "checks-b is rewriting stage 7's learner page",
     },
     "evidence": {
     },
