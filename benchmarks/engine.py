@@ -250,7 +250,10 @@ def summarize(results: list[EngineResult], probe_gb_s: float, config: BenchConfi
     weight_type = gguf_weight_type(config.gguf)
     for result in results:
         roofline = bandwidth * 1e9 / result.weight_bytes_per_token
-        report["engines"][result.engine] = {**asdict(result), "arithmetic": arithmetic(result.engine, weight_type),
+        computes_in = arithmetic(result.engine, weight_type)
+        if result.engine != LLAMA_CPP_PYTHON and config.dtype != "float32":  # --dtype replaces float32 (GPU runs)
+            computes_in = computes_in.replace("fp32", config.dtype)
+        report["engines"][result.engine] = {**asdict(result), "arithmetic": computes_in,
                                             "roofline_tok_s_batch1": roofline,
                                             "fraction_of_roofline": result.decode_tok_s_batch1 / roofline}
     report["targets"] = engine_targets(report["engines"])
