@@ -294,8 +294,11 @@ def test_params_the_sampler_cannot_take_are_refused_up_front(letters_llm, seed):
             letters_llm.generate(["abc"], SamplingParams(**bad))
     with pytest.raises(ValueError, match="stop_token_ids"):
         letters_llm.generate(["abc"], SamplingParams(stop_token_ids=[258]))
-    edge = SamplingParams(temperature=1e-9, top_k=2**31 - 1, seed=2**64 - 1, max_tokens=3)
-    assert edge.is_greedy and letters_llm.generate(["abc"], edge)[0].finish_reason == "length"
+    assert SamplingParams(temperature=1e-9).is_greedy  # softmax(logits / 1e-9) would overflow
+    edges = [SamplingParams(temperature=0.8, top_k=2**31 - 1, seed=2**64 - 1, max_tokens=3),
+             SamplingParams(temperature=1e-5, top_p=1e-300, seed=-2**63, logprobs=20, max_tokens=3),
+             SamplingParams(temperature=2, min_p=1, repetition_penalty=100, presence_penalty=-2, max_tokens=3)]
+    assert [out.finish_reason for out in letters_llm.generate(["abc"] * 3, edges)] == ["length"] * 3
     assert not letters_llm.engine.has_unfinished()
 
 
