@@ -119,7 +119,7 @@ def server_ratios(runs: list[dict], offline: list[dict], ours: str) -> dict:
                               for key in ("output_throughput", "median_ttft_ms")} for level in sorted(mine)}
 
     ratios = {f"{ours}/{peer}": versus(servers[peer]) for peer in (LLAMA_SERVER, LLAMA_CPP_PYTHON, HF)
-              if peer in servers}
+              if peer in servers and ours in servers}
     offline_tput = {record["concurrency"]: record["output_throughput"] for record in offline}
     overhead = {}
     for level in sorted(mine):

@@ -103,3 +103,19 @@ def test_ours_against_a_real_llama_server(llama_server_peer, smollm2_gguf, tmp_p
     assert document["ratios"]["ours-int8/llama-server"]["c2"]["output_throughput"] > 0
     build = document["machine"]["peer_builds"]["llama-server"]
     assert build["cmake_flags"].startswith("-DGGML_NATIVE=OFF") and "-DGGML_AMX_INT8=OFF" in build["cmake_flags"]
+
+
+@pytest.mark.model
+@pytest.mark.timeout(300)
+def test_llama_cpp_python_server_without_usage_has_its_chunks_counted(llama_cpp_python_peer, smollm2_gguf,
+                                                                       tmp_path):
+    """llama-cpp-python's server sends no usage: the run says its tokens were counted from content chunks."""
+    result = CliRunner().invoke(main, servers_args(tmp_path, "--servers", "llama-cpp-python", "--concurrency", "1",
+                                                   "--num-prompts", "2", "--gguf", str(smollm2_gguf)))
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "out" / "servers.json").read_text())
+    (run,) = document["runs"]
+    assert run["endpoint"] == "llama-cpp-python" and run["metrics"]["completed"] == 2, run
+    assert run["tokens_from"] == "content chunks" and run["chunks_match_usage"] is None
+    assert run["metrics"]["total_output_tokens"] == run["metrics"]["total_content_chunks"] > 0
+    assert document["ours"] is None and document["ratios"] == {}
