@@ -27,7 +27,8 @@ def cli() -> None:
     pass
 
 
-@cli.command(help="Build an engine directory from a .gguf file or an HF directory (config.json + *.safetensors).")
+@cli.command(short_help="Build an engine directory from a .gguf file or an HF directory.",
+             help="Build an engine directory from a .gguf file or an HF directory (config.json + *.safetensors).")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Engine directory to write.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
@@ -59,7 +60,8 @@ def build(model: Path, output: Path, dtype: str, quant: str, group_size: str, fu
     click.echo(f"built {output} ({spec.dtype}, quant {spec.quant.mode}, lora {'yes' if spec.lora else 'no'})")
 
 
-@cli.command("fetch-model", help="Download and cache SmolLM2-135M-Instruct Q4_1 GGUF; prints its path.")
+@cli.command("fetch-model", short_help="Download and cache the SmolLM2-135M-Instruct Q4_1 GGUF.",
+             help="Download and cache SmolLM2-135M-Instruct Q4_1 GGUF; prints its path.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Cache directory [default: ${OPSLAB_CACHE:-/var/cache/opslab}/models].")
 def fetch_model(directory: Path | None) -> None:
