@@ -11,7 +11,15 @@
 All parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
 thread pool).
 
-The shared library is cached by a hash of the source, the flags and the compiler in $OPSLAB_KERNEL_CACHE
+The same sources are compiled once per instruction-set path (PATHS): "avx2" (AVX2 + FMA + F16C) and
+"avx512" (that plus AVX-512 F/BW/VL/DQ and VNNI; the headers select wider code with `#if defined(__AVX512F__)`).
+Each path is its own shared library, so no instruction leaks into a path whose CPU check did not pass, and
+nothing is built with -march=native. The path is chosen at run time from /proc/cpuinfo (the widest the CPU
+has); OPSLAB_CPU_PATH=avx2|avx512 forces one the CPU supports (both can be loaded side by side in one
+process: tests and benchmarks compare them that way). `describe()` names the path, the CPU and its flags.
+AMX (tile) code is not written yet: `describe()` reports whether the CPU has AMX and the kernel grants it.
+
+Each library is cached by a hash of the sources, the flags and the compiler in $OPSLAB_KERNEL_CACHE
 (default ~/.cache/opslab/kernels). OPSLAB_CPU_KERNELS=0 turns the kernels off (the benchmarks use that to
 measure the plain PyTorch path side by side).
 """
@@ -26,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,9 +42,25 @@ import torch
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("linear_avx2.c", "attention_avx2.c",
                                                             "elementwise_avx2.c", "decoder_avx2.c"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("simd.h", "linear.h", "attention.h", "elementwise.h"))
-CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-shared", "-fPIC", "-Wall")
+CFLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-Wall")
 LIBS = ("-lm",)
-REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
+
+
+@dataclass(frozen=True)
+class CpuPath:
+    """One build of the kernels: the compiler's instruction-set flags and the CPU flags they need."""
+    name: str
+    compiler_flags: tuple[str, ...]
+    cpu_flags: tuple[str, ...]
+
+
+_AVX2 = CpuPath("avx2", ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma", "f16c"))
+_AVX512 = CpuPath("avx512", _AVX2.compiler_flags + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                                                    "-mavx512vnni"),
+                  _AVX2.cpu_flags + ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"))
+PATHS = {path.name: path for path in (_AVX512, _AVX2)}  # widest first: the order the run-time choice tries
+PATH_ENV = "OPSLAB_CPU_PATH"
+AMX_CPU_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 FORMATS = {"float32": 0, "int8": 1, "int4": 2, "w8a8": 3}
 ROWS = 4  # output rows per block in the kernel: out_features must be a multiple
 log = logging.getLogger(__name__)
@@ -58,17 +83,91 @@ def enabled() -> bool:
     return True
 
 
-@functools.cache
 def library() -> ctypes.CDLL:
-    """The loaded kernel library; raises KernelUnavailable with the reason when it cannot be had."""
+    """The loaded kernel library of the chosen path (`chosen_path()`); raises KernelUnavailable with the reason
+    when it cannot be had."""
+    return load(chosen_path())
+
+
+def chosen_path() -> str:
+    """The path the kernels run: $OPSLAB_CPU_PATH when set (it must be one this CPU supports), else the widest
+    this CPU supports. Raises KernelUnavailable with the reason when there is none."""
     if os.environ.get("OPSLAB_CPU_KERNELS", "1") == "0":
         raise KernelUnavailable("switched off by OPSLAB_CPU_KERNELS=0")
     if platform.machine() not in ("x86_64", "AMD64"):
         raise KernelUnavailable(f"needs an x86-64 CPU, this is {platform.machine()}")
-    missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in _cpu_flags()]
+    forced = os.environ.get(PATH_ENV)
+    if forced:
+        if forced not in PATHS:
+            raise KernelUnavailable(f"{PATH_ENV}={forced!r} is not a kernel path; choose one of {', '.join(PATHS)}")
+        missing = missing_flags(forced)
+        if missing:
+            raise KernelUnavailable(f"{PATH_ENV}={forced} needs {', '.join(missing)}, which this CPU "
+                                    f"({cpu_model()}) lacks; choose one of {', '.join(supported_paths()) or 'none'}")
+        return forced
+    supported = supported_paths()
+    if not supported:
+        raise KernelUnavailable(f"the CPU ({cpu_model()}) lacks {', '.join(missing_flags('avx2'))}")
+    return supported[0]
+
+
+def missing_flags(path: str) -> list[str]:
+    """The CPU flags path `path` needs that this CPU lacks (empty when it can run)."""
+    flags = _cpu_info()[1]
+    return [flag for flag in PATHS[path].cpu_flags if flag not in flags]
+
+
+def supported_paths() -> list[str]:
+    """The paths this CPU can run, widest first."""
+    return [name for name in PATHS if not missing_flags(name)]
+
+
+def cpu_model() -> str:
+    return _cpu_info()[0]
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's flags as /proc/cpuinfo lists them, sorted."""
+    return sorted(_cpu_info()[1])
+
+
+def describe() -> dict:
+    """What the kernels run on: {"path", "cpu_model", "cpu_flags", "isa_flags" (those of cpu_flags the paths
+    look at), "supported_paths", "amx"}; "path" is None
+    (and "reason" says why) when the kernels are unavailable. For logs, /metrics and benchmark results."""
+    looked_at = {flag for path in PATHS.values() for flag in path.cpu_flags} | set(AMX_CPU_FLAGS)
+    info = {"path": None, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+            "isa_flags": [flag for flag in cpu_flags() if flag in looked_at], "supported_paths": supported_paths(),
+            "amx": amx_status()}
+    try:
+        info["path"] = chosen_path()
+    except KernelUnavailable as reason:
+        info["reason"] = str(reason)
+    return info
+
+
+ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1023, 18, 158
+
+
+@functools.cache
+def amx_status() -> str:
+    """"not present" (the CPU lacks AMX), "not permitted: <why>" (the kernel refused the tile state), or
+    "available" (no kernel uses it yet: AMX tile code is still to be written)."""
+    missing = [flag for flag in AMX_CPU_FLAGS if flag not in _cpu_info()[1]]
     if missing:
-        raise KernelUnavailable(f"the CPU lacks {', '.join(missing)}")
-    lib = ctypes.CDLL(str(_compiled()))
+        return "not present"
+    # Linux hands out the 8 KiB tile-data state only to processes that ask for it (Linux >= 5.16).
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0:
+        return f"not permitted: arch_prctl(ARCH_REQ_XCOMP_PERM) failed: {os.strerror(ctypes.get_errno())}"
+    return "available"
+
+
+@functools.cache
+def load(path: str) -> ctypes.CDLL:
+    """The kernel library built for `path` (compiled on first use), whether or not it is the chosen one; the
+    caller makes sure the CPU supports it (chosen_path() or supported_paths())."""
+    lib = ctypes.CDLL(str(_compiled(PATHS[path])))
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.opslab_linear.restype = ctypes.c_int
     lib.opslab_linear.argtypes = [pointer, i64, i64, i64, ctypes.c_int, pointer, i64, pointer, pointer, i64, i64,
@@ -82,36 +181,46 @@ def library() -> ctypes.CDLL:
     lib.opslab_paged_decode_attention.restype = ctypes.c_int
     lib.opslab_paged_decode_attention.argtypes = [pointer, i64, pointer, i64, i64, i64, i64, pointer, pointer, i64,
                                                   pointer, i64, pointer, i64, ctypes.c_float, pointer, i64]
+    log.info("CPU kernels: %s path on %s (supported here: %s; amx: %s)", path, cpu_model(),
+             ", ".join(supported_paths()), amx_status())
     return lib
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, flags) of the first CPU in /proc/cpuinfo; ("unknown CPU", {}) where it cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return "unknown CPU", frozenset()
+    model, flags = "unknown CPU", frozenset()
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = frozenset(value.split())
+            break
+    return model, flags
 
 
-def _compiled() -> Path:
-    """Compile the sources unless a library for them, these flags and this compiler is cached."""
+def _compiled(path: CpuPath) -> Path:
+    """Compile the sources for `path` unless a library for them, these flags and this compiler is cached."""
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise KernelUnavailable(f"no C compiler ({compiler!r} is not on PATH; `make install` installs gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    digest = hashlib.sha256(" ".join(CFLAGS + LIBS).encode() + version.encode())
+    flags = CFLAGS + path.compiler_flags
+    digest = hashlib.sha256(" ".join(flags + LIBS).encode() + version.encode())
     for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
-    target = cache_dir() / f"opslab_kernels-{digest.hexdigest()[:16]}.so"
+    target = cache_dir() / f"opslab_kernels-{path.name}-{digest.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), *map(str, SOURCES), *LIBS],
+        result = subprocess.run([compiler, *flags, "-o", str(built), *map(str, SOURCES), *LIBS],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise KernelUnavailable(f"compiling the kernels failed: {result.stderr.strip()[-500:]}")

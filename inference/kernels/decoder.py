@@ -51,6 +51,7 @@ class FusedDecoder:
     def __init__(self, model: nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         config, decoder = model.config, model.model
         _check(config, kv_caches)
+        self._library = kernels.library()  # one path for the decoder's life, even if OPSLAB_CPU_PATH changes
         self._keep: list[torch.Tensor] = []  # every tensor a descriptor points into
         layers = (LayerDesc * len(decoder.layers))()
         for desc, layer, (keys, values) in zip(layers, decoder.layers, kv_caches):
@@ -90,7 +91,7 @@ class FusedDecoder:
         ids, pos, slot, lens = (torch.tensor(values, dtype=torch.long)
                                 for values in (token_ids, positions, slots, context_lens))
         logits = torch.empty(len(token_ids), self.vocab_size, dtype=torch.float32)
-        status = kernels.library().opslab_decode_step(
+        status = self._library.opslab_decode_step(
             ctypes.byref(self._desc), len(token_ids), ids.data_ptr(), pos.data_ptr(), slot.data_ptr(),
             tables.data_ptr(), width, lens.data_ptr(), max(context_lens), logits.data_ptr())
         if status != 0:

@@ -6,8 +6,10 @@ Engine-wide numbers (queue lengths, KV usage, token totals, prefix cache) are re
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from inference import kernels
 
 disable_created_metrics()  # no *_created series (vLLM does the same): dashboards only read totals and buckets
 
@@ -72,6 +74,11 @@ class ServerMetrics:
                                 ["model_name"], registry=self.registry).labels(model_name)
         self.failed = Counter("opslab:request_failed", "Requests the engine failed alone (answered 500 or an "
                               "in-band stream error).", ["model_name"], registry=self.registry).labels(model_name)
+        cpu = kernels.describe()
+        Info("opslab:cpu_kernels", "The CPU kernels' instruction-set path, the CPU model and its flags that the "
+             "paths look at.", registry=self.registry).info(
+            {"path": cpu["path"] or "none", "cpu_model": cpu["cpu_model"], "cpu_flags": " ".join(cpu["isa_flags"]),
+             "amx": cpu["amx"]})
 
     def histogram(self, name: str, help_text: str, buckets: tuple[float, ...]):
         """A model_name-labelled histogram, already bound to this server's model."""

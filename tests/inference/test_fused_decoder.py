@@ -10,13 +10,21 @@ import torch
 from tiny_llama import random_prompts
 from weights_helpers import quantized_model, save_tiny_hf
 
-from inference import LLM, SamplingParams
+from inference import LLM, SamplingParams, kernels
 from inference.config import EngineConfig
 from inference.kernels.decoder import FusedDecoder
 from inference.loaders import load_checkpoint
 from inference.quant import QuantConfig
 
 pytestmark = pytest.mark.usefixtures("require_kernels")
+
+
+@pytest.fixture(autouse=True, params=kernels.supported_paths() or [None])
+def cpu_path(request, monkeypatch):
+    """Every test once per kernel path this CPU supports (test_dispatch reports the paths it lacks)."""
+    if request.param:
+        monkeypatch.setenv(kernels.PATH_ENV, request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,14 @@ ROW_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 50, 97]
 pytestmark = pytest.mark.usefixtures("require_kernels")
 
 
+@pytest.fixture(autouse=True, params=kernels.supported_paths() or [None])
+def cpu_path(request, monkeypatch):
+    """Every test once per kernel path this CPU supports (test_dispatch reports the paths it lacks)."""
+    if request.param:
+        monkeypatch.setenv(kernels.PATH_ENV, request.param)
+    return request.param
+
+
 def _decoded(fmt: str, weight: torch.Tensor, group_size: int | None):
     """(kernel arguments, the float32 weight they decode to)."""
     if fmt == "float32":
@@ -53,7 +61,7 @@ def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias):
         torch.testing.assert_close(got, F.linear(x, decoded, b), rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
 
 
-@pytest.mark.parametrize("in_features", [64, 576, 1536])
+@pytest.mark.parametrize("in_features", [64, 96, 576, 608, 1536])  # 96, 608: an odd number of blocks of 32
 def test_w8a8_kernel_equals_pytorch_on_the_rounded_activations(in_features):
     """int8 x int8 with int32 sums: exactly the float math on quant.quantize_activations' values, also for an
     outlier block (its row's other blocks keep their own range), an all-zero row and a row of tiny values."""
@@ -68,6 +76,20 @@ def test_w8a8_kernel_equals_pytorch_on_the_rounded_activations(in_features):
             x[1], x[2] = 0.0, x[2] * 1e-30
         got = kernels.linear(x, "w8a8", q, 36, bias, scales)
         want = F.linear(quantize_activations(x).double(), decoded, bias.double()).float()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
+
+
+@pytest.mark.parametrize("in_features", [96, 1536, 8192])
+def test_w8a8_int32_sums_do_not_overflow_at_full_scale(in_features):
+    """Every product at its largest (|x| and |w| quantized to 127, signs agreeing, every block at its row's
+    maximum): the int32 sums stay exact however the kernel groups them."""
+    signs = torch.where(torch.arange(in_features) % 3 == 0, -1.0, 1.0)
+    weight = torch.stack([signs, -signs, signs, signs]).repeat(2, 1)
+    q, scales = quantize_int8(weight)
+    x = torch.stack([signs, signs * 0.5, -signs, torch.ones(in_features)])
+    for rows in (1, 4):
+        got = kernels.linear(x[:rows], "w8a8", q, 8, None, scales)
+        want = F.linear(quantize_activations(x[:rows]).double(), dequantize_int8(q, scales, torch.float64)).float()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
 
 
