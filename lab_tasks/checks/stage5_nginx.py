@@ -67,11 +67,9 @@ def _balancer(lab: Lab) -> Balancer | str:
     root = _lb_config(lab)
     if isinstance(root, str):
         return root
-    upstreams = nginx.upstreams(root)
-    for server in nginx.servers(root):
-        if nginx.listens_on(server, lab.ports["http"]):
-            for name in sorted(nginx.proxied_upstreams(server) & set(upstreams)):
-                return Balancer(root, server, upstreams[name])
+    site = nginx.balancing_site(root, lab.ports["http"])
+    if site:
+        return Balancer(root, *site)
     return f"no site on port {lab.ports['http']} of {_lb(lab)} passes requests to an upstream group"
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from lab_tasks import drill, httpprobe
 from lab_tasks.checks import Lab, Verdict, expect
 from lab_tasks.checks.common import read, run
-from lab_tasks.parsers import keepalived
+from lab_tasks.parsers import keepalived, nginx
 from lab_tasks.parsers.keepalived import Block
 
 MAX_OUTAGE_S = 3.0
@@ -130,21 +130,31 @@ def vip(lab: Lab) -> Verdict:
                   found="; ".join(problems) or "that")
 
 
+def balancer_problem(lab: Lab, host: str) -> str:
+    """'' when the host's nginx runs the stage 5 balancer (a site on the http port passing to every app host)."""
+    result = run(lab.host(host), "nginx", "-T")
+    if result.rc != 0:
+        return f"{host}: nginx rejects its configuration or is missing"
+    site = nginx.balancing_site(nginx.parse(result.stdout), lab.ports["http"])
+    if site is None:
+        return f"{host}: no site on port {lab.ports['http']} passes requests to the app hosts (not the balancer)"
+    missing = [a for a in lab.hosts("app") if lab.address(a) not in nginx.upstream_hosts(site[1]) and a not in
+               nginx.upstream_hosts(site[1])]
+    return f"{host}: the balancer's upstream leaves out {', '.join(missing)}" if missing else ""
+
+
 def vip_http(lab: Lab) -> Verdict:
-    """The balanced site answers through the VIP and on every lb host's own address (either may hold it)."""
+    """The VIP and every lb host's own address answer, and every lb host runs the stage 5 balancer."""
     targets = {lab.vip: "the VIP", **{lab.address(h): h for h in _lbs(lab)}}
-    found = {}
+    problems = []
     for address, name in targets.items():
         reply = lab.http_get(httpprobe.url(address, lab.ports["http"]))
         if not reply.ok:
-            found[name] = f"no answer ({reply.describe()})"
-        elif not reply.backend:
-            found[name] = "a page that comes from no app host (not the balancer)"
-        else:
-            found[name] = f"balanced, {reply.backend} answered"
-    return expect(all(v.startswith("balanced") for v in found.values()),
-                  expected=f"the stage 5 balancer answering on the VIP and on each of {', '.join(_lbs(lab))}",
-                  found="; ".join(f"{n}: {v}" for n, v in found.items()))
+            problems.append(f"{name}: no answer ({reply.describe()})")
+    problems += [p for p in (balancer_problem(lab, h) for h in _lbs(lab)) if p]
+    return expect(not problems, expected=f"the stage 5 balancer on each of {', '.join(_lbs(lab))}, answering on "
+                                         "its own address and on the VIP",
+                  found="; ".join(problems) or "that")
 
 
 def _script_program(host, command: str) -> str:

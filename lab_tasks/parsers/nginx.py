@@ -111,6 +111,21 @@ def directive_values(block: Directive, name: str) -> list[list[str]]:
     return [d.args for d in block.walk() if d.name == name]
 
 
+def balancing_site(root: Directive, port: int) -> tuple[Directive, Directive] | None:
+    """(server block listening on `port`, the upstream it passes requests to), or None when there is none."""
+    groups = upstreams(root)
+    for server in servers(root):
+        if listens_on(server, port):
+            for name in sorted(proxied_upstreams(server) & set(groups)):
+                return server, groups[name]
+    return None
+
+
+def upstream_hosts(upstream: Directive) -> set[str]:
+    """The host part of every server line of an upstream (`10.0.0.1:80` -> `10.0.0.1`)."""
+    return {address.rsplit(":", 1)[0] if address.count(":") == 1 else address for address in server_options(upstream)}
+
+
 def path_to(root: Directive, target: Directive) -> list[Directive]:
     """The blocks from `root` down to `target`'s parent ([] when `target` is not below `root`)."""
     for child in root.children:

@@ -20,6 +20,13 @@ VIP = "10.213.7.100"
 CONF = "/etc/keepalived/keepalived.conf"
 NOTIFY = "/usr/local/sbin/keepalived-notify"
 LOG = "/var/log/keepalived-notify.log"
+BALANCER = """# configuration file /etc/nginx/conf.d/upstreams.conf:
+upstream opslab_app { least_conn; server 10.213.7.21:80 weight=2; server 10.213.7.22:80; }
+# configuration file /etc/nginx/sites-enabled/lb.conf:
+server { listen 80 default_server; location / { proxy_pass http://opslab_app; } }
+"""
+STOCK = "server { listen 80 default_server; root /var/www/html; index index.nginx-debian.html; }\n"
+APPS = {"app1": "10.213.7.21", "app2": "10.213.7.22"}
 STARTED = 1764669600  # keepalived's start on both hosts (unix time)
 CONF_WRITTEN = STARTED - 60
 
@@ -102,7 +109,7 @@ def notify_lines(states: list[str]) -> str:
 
 def lb(host: str, *, config: str | None = None, holds_vip=None, running=True, enabled=True,
        states: list[str] | None = None, script="succeeded", log: str | None = None, notify_mode=0o755,
-       notify_user="root", conf_written=CONF_WRITTEN, reloaded=None) -> FakeHost:
+       notify_user="root", conf_written=CONF_WRITTEN, reloaded=None, nginx_t=BALANCER) -> FakeHost:
     """One lb host as recorded on the solved sandbox (lb1 holds the VIP), with what a near miss changes."""
     holds_vip = (host == "lb1") if holds_vip is None else holds_vip
     states = states if states is not None else (["BACKUP", "MASTER"] if host == "lb1" else ["BACKUP"])
@@ -114,6 +121,7 @@ def lb(host: str, *, config: str | None = None, holds_vip=None, running=True, en
         cmd("systemctl", "show", "keepalived", "--timestamp=unix", "-p", "ActiveState", "-p", "UnitFileState",
             "-p", "ExecMainStartTimestamp"): show,
         f"sha256sum {CONF}": f"{'a' * 64}  {CONF}\n",
+        cmd("nginx", "-T"): nginx_t,
     }
     if running:
         commands[cmd("journalctl", "--no-pager", "-o", "short-unix", "-u", "keepalived", "--since", f"@{STARTED}")] = \
@@ -135,7 +143,7 @@ def http(**changes: list[Reply]):
 
 def lab(tmp_path, lb1: FakeHost | None = None, lb2: FakeHost | None = None, replies=None, drill: dict | None = None):
     built = fake_lab(STAGE, {"lb1": lb1 or lb("lb1"), "lb2": lb2 or lb("lb2")},
-                     inventory=FakeInventory({"lb": ADDRESSES}, vip=VIP))
+                     inventory=FakeInventory({"lb": ADDRESSES, "app": APPS}, vip=VIP))
     built.http_get = replies or http()
     built.drills_dir = tmp_path / "drills"
     built.drills_dir.mkdir(parents=True, exist_ok=True)
@@ -164,9 +172,11 @@ NEAR_MISSES = [
           lb2=lb("lb2", running=False)),
     _miss("vip", "a different VIP in keepalived.conf", "no VRRP instance with 10.213.7.100",
           lb2=lb("lb2", config=conf("lb2", vip="10.213.7.101"))),
-    _miss("vip-http", "lb2 serves the stock welcome page", "lb2: a page that comes from no app host",
-          replies=http(lb2=Reply(200, "<title>Welcome to nginx!</title>"))),
+    _miss("vip-http", "lb2 serves the stock welcome page", "lb2: no site on port 80 passes requests to the app hosts",
+          lb2=lb("lb2", nginx_t=STOCK), replies=http(lb2=Reply(200, "<title>Welcome to nginx!</title>"))),
     _miss("vip-http", "nginx not running on lb2", "lb2: no answer", replies=http(lb2=Reply(None, error="refused"))),
+    _miss("vip-http", "lb2's upstream copied with app2 left out", "lb2: the balancer's upstream leaves out app2",
+          lb2=lb("lb2", nginx_t=BALANCER.replace(" server 10.213.7.22:80;", ""))),
     _miss("track-script", "the script is defined but the instance does not track it", "tracks no defined script",
           lb1=lb("lb1", config=conf("lb1", track=""))),
     _miss("track-script", "a failing script only lowers the priority (weight)", "only changes the priority",

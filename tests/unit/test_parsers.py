@@ -133,3 +133,11 @@ http {
 def test_seconds():
     assert [nginxconf.seconds(v) for v in ("10", "10s", "1m30s", "500ms", "2h")] == [10, 10, 90, 0.5, 7200]
     assert nginxconf.seconds("ten") is None and nginxconf.seconds("10x") is None
+
+
+def test_balancing_site_and_its_upstream_hosts():
+    root = nginxconf.parse(NGINX_T)
+    server, upstream = nginxconf.balancing_site(root, 80)
+    assert upstream.args == ["app"] and nginxconf.listens_on(server, 80)
+    assert nginxconf.upstream_hosts(upstream) == {"10.0.0.1", "10.0.0.2"}
+    assert nginxconf.balancing_site(root, 8081) is None
