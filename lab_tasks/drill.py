@@ -30,6 +30,7 @@ KEEPALIVED_CONF = "/etc/keepalived/keepalived.conf"
 REQUEST_TIMEOUT_S = 0.5
 LINK_DOWN_S = 8
 LINK_DOWN_UNIT = "opslab-drill-linkdown"
+BREAK_LAG_S = {"stop-host": 1.0}  # the link goes down 0.5 s after the break command returns
 SETTLE_S = 4.0  # keep streaming this long after the restore: a node that preempts back shows up as a second outage
 RESTORE_TIMEOUT_S = LINK_DOWN_S + 30.0
 WARMUP_TIMEOUT_S = 5.0
@@ -65,6 +66,7 @@ class Sample:
     request: int = 0
     attempt: int = 0
     error: str = ""
+    probe: bool = False  # a one-token request that times the outage, not part of the load
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class DrillResult:
     vip_moved_s: float | None = None
     restored: bool = True
     errors: dict[str, int] = field(default_factory=dict)
+    timeline: list[list] | None = None  # streams: [sent, ended, chunks, error or "", probe] per attempt
+    probes: int = 0
     model: str | None = None
     max_tokens: int | None = None
 
@@ -164,17 +168,24 @@ def failed_after(samples: list[Sample], t_moved: float | None) -> int:
 
 def summarize_streams(attempts: list[Sample], t_break: float | None = None, t_moved: float | None = None) -> dict:
     """The streaming load's summary. A request is retried (a new attempt) only when it failed before its first
-    chunk; a stream that failed after it (in flight through the balancer that died) is broken: no proxy can
-    save it, so it counts as failed but not in the outage, which is about new requests finding a balancer."""
+    chunk; a stream that failed after it, or hung in flight at the break ("stalled"), went through the
+    balancer that died: it is broken (no proxy can save it), counts as failed, and stays out of the outage,
+    which is about new requests finding a balancer. Probes count in the outage only."""
+    load = [a for a in attempts if not a.probe]
     final: dict[int, Sample] = {}
-    for attempt in sorted(attempts, key=lambda a: (a.request, a.attempt)):
+    for attempt in sorted(load, key=lambda a: (a.request, a.attempt)):
         final[attempt.request] = attempt
-    broken = [a for a in attempts if not a.ok and a.chunks]
-    fresh = [a for a in attempts if a.ok or not a.chunks]
+    broken = [a for a in attempts if _broken(a)]
+    fresh = [a for a in attempts if not _broken(a)]
     return {"requests": len(final), "failed": sum(not a.ok for a in final.values()),
-            "broken_streams": len(broken), "retries": sum(a.attempt > 0 for a in attempts),
-            "errors": error_kinds(attempts),
+            "broken_streams": sum(not a.probe for a in broken), "retries": sum(a.attempt > 0 for a in load),
+            "errors": error_kinds(load), "probes": sum(a.probe for a in attempts),
+            "timeline": [[a.t, a.end, a.chunks, a.error, a.probe] for a in sorted(attempts, key=lambda a: a.t)],
             **outage_summary(fresh, t_break), "failed_after_vip_moved": failed_after(fresh, t_moved)}
+
+
+def _broken(sample: Sample) -> bool:
+    return not sample.ok and (sample.chunks > 0 or sample.error == "stalled")
 
 
 def vip_holders(run: Run, hosts: list[str], vip: str) -> list[str]:
@@ -252,6 +263,8 @@ class Load(Protocol):
 
     def succeeded_since(self, t: float, count: int = 1) -> bool: ...
 
+    def mark_break(self, t: float, lag_s: float = 0.0) -> None: ...
+
     def stop(self, abort: bool = False) -> list[Sample]: ...
 
     def summary(self, samples: list[Sample], t_break: float | None, t_moved: float | None) -> dict: ...
@@ -277,6 +290,9 @@ class LoadThread(threading.Thread):
         """Whether the last `count` finished samples all succeeded and were sent after `t`."""
         tail = self.samples[-count:]
         return len(tail) == count and all(s.ok and s.t >= t for s in tail)
+
+    def mark_break(self, t: float, lag_s: float = 0.0) -> None:
+        """The MASTER was broken at `t`, taking effect within `lag_s` (short requests need not know)."""
 
     def stop(self, abort: bool = False) -> list[Sample]:
         """Stop sending; let requests in flight finish (or cut them with `abort`); return the samples in send order."""
@@ -365,6 +381,7 @@ def run_drill(cluster: Cluster, plan: Plan, load: Load) -> DrillResult:
         t_break = load.now()
         try:
             cluster.run(from_host, breaker)
+            load.mark_break(t_break, load.now() - t_break + BREAK_LAG_S.get(plan.method, 0.0))
             to_host = wait_until(lambda: cluster.holder_other_than(from_host), _left(deadline))
             t_moved = load.now() if to_host else None
             cluster.log(f"VIP now on {to_host or 'no single host'}; waiting for answers")

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from lab_tasks import drill
+from lab_tasks import chatload, drill
 from lab_tasks.chatload import ChatLoad
 
 
@@ -34,17 +34,21 @@ class Chunks(httpx.AsyncByteStream):
 
 
 class FakeAPI:
-    """The server behind the VIP: `state` is "up", "down" (connections refused) or "cut" (streams die)."""
+    """The server behind the VIP: `state` is "up", "down" (connections refused), "cut" (streams die) or
+    "hang" (requests get no answer at all, as through a balancer that lost the VIP)."""
 
     def __init__(self, tokens: int = 4, pause_s: float = 0.01):
         self.state, self.tokens, self.pause_s = "up", tokens, pause_s
-        self.in_flight = self.most_in_flight = 0
+        self.in_flight = self.most_in_flight = self.hanging = 0
         self.bodies: list[dict] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.state == "down":
             raise httpx.ConnectError("connection refused")
         self.bodies.append(json.loads(request.content))
+        if self.state == "hang":
+            self.hanging += 1
+            await asyncio.sleep(3600)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await asyncio.sleep(self.pause_s)
@@ -65,9 +69,9 @@ def test_clients_stream_chat_completions_concurrently_until_the_deadline():
     chat.start()
     chat.join(timeout=5)
     assert not chat.is_alive(), "the load must end on its own at its deadline"
-    samples = chat.stop()
+    samples = [s for s in chat.stop() if not s.probe]
     assert len(samples) >= 8 and all(s.ok and s.chunks == 4 for s in samples)
-    assert api.most_in_flight == 8
+    assert 8 < api.most_in_flight <= 8 + chatload.MAX_PROBES_IN_FLIGHT
     body = api.bodies[0]
     assert body["stream"] and body["messages"][0]["role"] == "user" and body["max_tokens"] == 4
     assert body["model"] == "smollm2" and body["stream_options"] == {"include_usage": True}
@@ -94,7 +98,7 @@ def test_streams_cut_after_their_first_chunk_are_broken_not_retried():
     api.state = "cut"
     chat.start()
     assert drill.wait_until(lambda: len(chat.samples) >= 4, 3)
-    samples = chat.stop()
+    samples = [s for s in chat.stop() if not s.probe]
     assert all(not s.ok and s.chunks == 1 and s.attempt == 0 for s in samples)
     summary = chat.summary(samples, 0.0, None)
     assert summary["broken_streams"] == len(samples) == summary["failed"] and summary["retries"] == 0
@@ -123,7 +127,27 @@ def test_stop_waits_for_streams_in_flight_unless_aborted(abort):
     chat.start()
     time.sleep(0.3)
     started = time.monotonic()
-    samples = chat.stop(abort=abort)
+    samples = [s for s in chat.stop(abort=abort) if not s.probe]
     took = time.monotonic() - started
     assert (took < 0.5) if abort else (1.0 < took < 5), took
     assert len(samples) == (0 if abort else 2)
+
+
+def test_streams_hanging_since_the_break_are_given_up_as_broken_and_probes_time_the_outage(monkeypatch):
+    monkeypatch.setattr(chatload, "STALL_S", 0.3)
+    api = FakeAPI(tokens=4, pause_s=0.05)
+    chat = load(api, duration_s=10)
+    chat.start()
+    assert drill.wait_until(lambda: chat.succeeded_since(0.0, 8), 3)
+    api.state = "hang"  # every request sent now hangs
+    assert drill.wait_until(lambda: api.hanging >= 8, 3)
+    t_break = chat.now()
+    chat.mark_break(t_break)
+    api.state = "down"  # new connections are refused until the VIP moves
+    time.sleep(0.5)
+    t_moved, api.state = chat.now(), "up"
+    assert drill.wait_until(lambda: chat.succeeded_since(t_moved, 10), 5), "clients stuck on hung streams"
+    summary = chat.summary(chat.stop(), t_break, t_moved)
+    assert summary["broken_streams"] >= 1 and summary["errors"].get("stalled", 0) == summary["broken_streams"]
+    assert 0.3 < summary["outage_s"] < 1.0, summary["outages"]
+    assert summary["failed_after_vip_moved"] == 0 and summary["probes"] > 0

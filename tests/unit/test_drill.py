@@ -161,6 +161,9 @@ class FakeLoad:
     def succeeded_since(self, t, count=1):
         return True
 
+    def mark_break(self, t, lag_s=0.0):
+        self.marked = t
+
     def stop(self, abort=False):
         self.stopped, self.aborted = True, abort
         return [Sample(0.0, True), Sample(self.t, True)]
