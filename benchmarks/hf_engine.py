@@ -59,8 +59,8 @@ def load_hf(path: str | Path) -> tuple[LlamaForCausalLM, object]:
     where, extra = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
     tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     model, info = LlamaForCausalLM.from_pretrained(where, dtype=torch.float32, output_loading_info=True, **extra)
-    check_keys(sorted(info["missing_keys"]), sorted(info["unexpected_keys"]) + sorted(map(str, info["mismatched_keys"])),
-               model.config.tie_word_embeddings, path)
+    unexpected = sorted(info["unexpected_keys"]) + sorted(map(str, info["mismatched_keys"]))
+    check_keys(sorted(info["missing_keys"]), unexpected, model.config.tie_word_embeddings, path)
     return model.eval(), tokenizer
 
 
