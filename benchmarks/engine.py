@@ -304,7 +304,7 @@ def _default_model() -> Path:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/benchmark"),
               show_default=True)
 def main(gguf, engines, require_peers, max_tokens, concurrency, prompt_tokens, threads, repeats, device, dtype, out):
-    names = [name.strip() for name in engines.split(",") if name.strip()]
+    names = list(dict.fromkeys(name.strip() for name in engines.split(",") if name.strip()))  # each once
     unknown = [name for name in names if name not in RUNNERS]
     if unknown or not names:
         raise BenchmarkError(f"unknown engine {', '.join(unknown) or '(none)'}; choose from {','.join(RUNNERS)}")

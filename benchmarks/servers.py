@@ -258,7 +258,7 @@ def exit_on_signals() -> None:
 
 def parse_list(text: str, option: str, choices: tuple[str, ...] | None = None) -> tuple:
     """Comma list → tuple of names (checked against `choices`) or of positive ints."""
-    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    items = tuple(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))  # each once
     if choices is not None:
         unknown = [item for item in items if item not in choices]
         if unknown or not items:
