@@ -41,7 +41,7 @@ def test_benchmark_reports_every_metric_for_every_engine(tiny_run, tmp_path, mon
     for name in OURS_AND_HF:
         result = report["engines"][name]
         assert result["decode_tok_s_batch1"] > 0 and result["output_tok_s_concurrent"] > 0 and result["ttft_ms"] > 0
-        assert 0 < result["fraction_of_roofline"] <= 1.0  # the bandwidth is never below what a step moved
+        assert 0 < result["fraction_of_roofline"] <= 1 + 1e-9  # the bandwidth is never below what a step moved
     assert report["engines"]["ours-fp32"]["host_overhead_ms_per_step"] >= 0
     assert "weight-only" in report["engines"]["ours-int8"]["arithmetic"]
     assert "w8a8" in report["engines"]["ours-w8a8"]["arithmetic"]
