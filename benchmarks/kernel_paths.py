@@ -2,13 +2,15 @@
 and row count, in one process: every candidate takes its turn in every round (interleaved, so a noisy neighbour
 slows all of them alike), and the table shows the median (and min) over the rounds.
 
-    python -m benchmarks.kernel_paths [--threads 2] [--rounds 15] [--out results/kernel_paths.json]
+    python -m benchmarks.kernel_paths [--threads 2] [--rounds 15] [--decode/--no-decode] [--out results/kernel_paths.json]
 
 Candidates: the fused kernels' w8a8, int8 (weight-only) and fp32 formats on every path this CPU supports
 (inference.kernels.supported_paths(), forced per call with OPSLAB_CPU_PATH); PyTorch fp32 `F.linear` (MKL),
 bf16 `F.linear` (oneDNN: AVX-512 BF16 or AMX where the CPU has them; x converted to bf16 and back, as an
 engine would), and `torch._int_mm` int8 x int8 (oneDNN; x quantized per row and the int32 result scaled,
-in PyTorch ops, both counted). The JSON records the machine, the CPU model and flags, and the kernel path
+in PyTorch ops, both counted). With --decode (the default), whole fused decode steps of SmolLM2-135M
+(int8 weight-only and w8a8 engines, M sequences of 64 tokens of context) are timed the same way, one
+FusedDecoder per path on the same model and cache. The JSON records the machine, the CPU model and flags, and the kernel path
 that would be chosen (inference.kernels.describe()).
 """
 from __future__ import annotations
@@ -96,6 +98,42 @@ def run(rounds: int) -> list[dict]:
     return rows
 
 
+DECODE_ROW_COUNTS = (1, 4, 16)
+DECODE_CONTEXT = 64
+
+
+def run_decode(rounds: int) -> list[dict]:
+    """Seconds per fused decode step of the real model, per quantization, M and path (interleaved rounds)."""
+    from inference.build import cached_engine
+    from inference.kernels.decoder import FusedDecoder
+    from inference.llm import LLM
+    from inference.model_store import fetch_model
+
+    rows = []
+    for quant in ("int8", "w8a8"):
+        llm = LLM(cached_engine(fetch_model(), quant, 32), max_num_seqs=max(DECODE_ROW_COUNTS),
+                  enable_prefix_caching=False, kv_cache_bytes=256 * 2**20)
+        runner = llm.engine.runner
+        decoders = {}
+        for path in kernels.supported_paths():
+            os.environ[kernels.PATH_ENV] = path
+            decoders[f"{quant} {path}"] = FusedDecoder(runner.model, runner.kv_caches)
+        blocks_per_seq = -(-DECODE_CONTEXT // runner.block_size)
+        for m in DECODE_ROW_COUNTS:
+            tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(m)]
+            position = DECODE_CONTEXT - 1
+            slots = [table[position // runner.block_size] * runner.block_size + position % runner.block_size
+                     for table in tables]
+            args = ([17] * m, [position] * m, slots, tables, [DECODE_CONTEXT] * m)
+            calls = {name: (lambda _, decoder=decoder: decoder(*args)) for name, decoder in decoders.items()}
+            with torch.inference_mode():
+                samples = time_rounds(calls, None, rounds)
+            for name, seconds in samples.items():
+                rows.append({"layer": "decode step", "out_features": 0, "in_features": 0, "m": m, "candidate": name,
+                             "median_us": statistics.median(seconds) * 1e6, "min_us": min(seconds) * 1e6})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     names = list(dict.fromkeys(row["candidate"] for row in rows))
     lines = ["| layer (out x in) | M | " + " | ".join(names) + " | fastest |",
@@ -104,21 +142,26 @@ def table(rows: list[dict]) -> str:
         cells = {row["candidate"]: row for row in rows if (row["layer"], row["m"]) == key}
         first = next(iter(cells.values()))
         fastest = min(cells, key=lambda name: cells[name]["median_us"])
-        lines.append(f"| {key[0]} ({first['out_features']}x{first['in_features']}) | {key[1]} | "
-                     + " | ".join(f"{cells[name]['median_us']:.0f}" for name in names) + f" | {fastest} |")
+        shape = f" ({first['out_features']}x{first['in_features']})" if first["out_features"] else ""
+        lines.append(f"| {key[0]}{shape} | {key[1]} | "
+                     + " | ".join(f"{cells[name]['median_us']:.0f}" if name in cells else "" for name in names)
+                     + f" | {fastest} |")
     return "\n".join(lines)
 
 
 @click.command()
 @click.option("--threads", default=2, show_default=True, help="Threads for PyTorch and the kernels (one pool).")
 @click.option("--rounds", default=15, show_default=True, help="Interleaved rounds; the table shows medians.")
+@click.option("--decode/--no-decode", default=True, show_default=True,
+              help="Also time whole fused decode steps of SmolLM2-135M per path.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/kernel_paths.json"), show_default=True)
-def main(threads: int, rounds: int, out: Path) -> None:
+def main(threads: int, rounds: int, decode: bool, out: Path) -> None:
     torch.set_num_threads(threads)
     chosen = os.environ.get(kernels.PATH_ENV)
     described = kernels.describe()
     try:
         rows = run(rounds)
+        decode_rows = run_decode(rounds) if decode else []
     finally:  # candidates force paths through the environment: leave it as found
         os.environ.pop(kernels.PATH_ENV, None)
         if chosen is not None:
@@ -126,10 +169,13 @@ def main(threads: int, rounds: int, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "kernels": described, "threads": threads, "rounds": rounds,
                                "unit": "microseconds per call, median (and min) over interleaved rounds",
-                               "rows": rows}, indent=2))
+                               "rows": rows, "decode_rows": decode_rows}, indent=2))
     click.echo(f"{described['cpu_model']}; kernel paths {', '.join(described['supported_paths'])} "
                f"(chosen: {described['path']}); amx: {described['amx']}; median us per call over {rounds} rounds")
     click.echo(table(rows))
+    if decode_rows:
+        click.echo("\nWhole fused decode steps of SmolLM2-135M, median us per step:")
+        click.echo(table(decode_rows))
     click.echo(f"wrote {out}")
 
 

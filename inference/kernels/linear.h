@@ -133,6 +133,19 @@ INLINE float row_dot(const float *x, int64_t K, const weights_t *w, int format, 
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     if (format == F32 || (format == INT8 && !w->groups)) {
         int64_t k = 0;
+#if defined(__AVX512F__)
+        /* the avx512 path: 64 values per step in four 512-bit FMA chains, folded into the 256-bit ones */
+        __m512 wide[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (; k + 64 <= K; k += 64)
+            for (int i = 0; i < 4; i++) {
+                __m512 wv = format == F32 ? _mm512_loadu_ps((const float *)p + k + 16 * i)
+                    : _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + k + 16 * i))));
+                wide[i] = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16 * i), wv, wide[i]);
+            }
+        for (int i = 0; i < 4; i++)
+            acc[i] = _mm256_add_ps(_mm512_castps512_ps256(wide[i]),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wide[i]), 1)));
+#endif
         for (; k + 32 <= K; k += 32)
             for (int i = 0; i < 4; i++) {
                 const uint8_t *at = format == F32 ? p + 4 * (k + 8 * i) : p + k + 8 * i;

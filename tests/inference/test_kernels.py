@@ -61,6 +61,19 @@ def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias):
         torch.testing.assert_close(got, F.linear(x, decoded, b), rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
 
 
+@pytest.mark.parametrize("fmt", ["float32", "int8"])
+@pytest.mark.parametrize("in_features", [8, 40, 96, 200])
+def test_kernel_takes_rows_that_end_in_a_partial_vector_step(fmt, in_features):
+    """Rows whose length is not a whole number of the widest steps (64 values on the avx512 path, 32 and 8 on
+    the avx2 one) finish in the narrower loops."""
+    torch.manual_seed(0)
+    args, stored, decoded = _decoded(fmt, torch.randn(12, in_features) * 0.05, None)
+    for rows in (1, 3, 9):
+        x = torch.randn(rows, in_features)
+        torch.testing.assert_close(kernels.linear(x, fmt, stored, 12, **args), F.linear(x, decoded), rtol=1e-5,
+                                   atol=1e-4, msg=f"{rows} rows")
+
+
 @pytest.mark.parametrize("in_features", [64, 96, 576, 608, 1536])  # 96, 608: an odd number of blocks of 32
 def test_w8a8_kernel_equals_pytorch_on_the_rounded_activations(in_features):
     """int8 x int8 with int32 sums: exactly the float math on quant.quantize_activations' values, also for an
