@@ -40,6 +40,7 @@ from benchmarks.launchers import PeerError, llama_cpp_python, missing_peers
 from benchmarks.machine import gguf_weight_type, machine, read_bandwidth_gb_s
 from benchmarks.names import HF, LLAMA_CPP_PYTHON, OURS, arithmetic
 from benchmarks.report import engine_table, engine_targets, plot_engines, targets_lines
+from inference import kernels
 
 INT4_GROUP_SIZE = 32  # SmolLM2's GGUF is Q4_1 over groups of 32: int4 g32 re-encodes it losslessly
 
@@ -244,9 +245,9 @@ def summarize(results: list[EngineResult], probe_gb_s: float, config: BenchConfi
     bandwidth, source = probe_gb_s, "read probe"
     if fastest is not None and demonstrated[fastest] > probe_gb_s:  # the probe read low: trust what a step moved
         bandwidth, source = demonstrated[fastest], f"moved by a {fastest} decode step (probe read {probe_gb_s:.1f})"
-    report = {"config": asdict(config), "machine": machine(), "read_bandwidth_gb_s": bandwidth,
-              "bandwidth_source": source, "probe_gb_s": probe_gb_s, "demonstrated_gb_s": demonstrated,
-              "skipped": skipped, "engines": {}}
+    report = {"config": asdict(config), "machine": machine(), "kernels": kernels.describe(),
+              "read_bandwidth_gb_s": bandwidth, "bandwidth_source": source, "probe_gb_s": probe_gb_s,
+              "demonstrated_gb_s": demonstrated, "skipped": skipped, "engines": {}}
     weight_type = gguf_weight_type(config.gguf)
     for result in results:
         roofline = bandwidth * 1e9 / result.weight_bytes_per_token
