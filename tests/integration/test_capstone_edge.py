@@ -1,0 +1,96 @@
+"""The platform's edge on the sandbox: streams pass the VIP unbuffered, the edge adds little to the time to
+first token, and the official `openai` client streams chat through the VIP.
+
+The platform is deployed by site.yml (the fixture runs it on the edge and inference hosts when the VIP does
+not answer yet). Every loop here is bounded in requests and time.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+
+import httpx
+import pytest
+from conftest import PROJECT_ROOT
+
+from lab_tasks.topology import Inventory, default_inventory_path
+
+TTFT_ROUNDS = 7  # per path, interleaved, so both see the same background load
+
+
+@pytest.fixture(scope="module")
+def platform(sandbox) -> dict:
+    """{"api": base URL at the VIP, "nodes": [each node's base URL], "model": served model name}."""
+    endpoints = Inventory(default_inventory_path()).endpoints()
+    api, nodes = endpoints["inference"], endpoints["inference_nodes"]
+    if not _healthy(api):
+        done = subprocess.run([str(PROJECT_ROOT / ".venv/bin/ansible-playbook"), "site.yml", "--limit", "edge:inference"],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=2400)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while not _healthy(api) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _healthy(api), f"{api}/health does not answer 200 after site.yml"
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        model = http.get(f"{api}/v1/models").json()["data"][0]["id"]
+    return {"api": api, "nodes": nodes, "model": model}
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=3, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stream_chat(base: str, model: str, max_tokens: int, prompt: str = "Count from one to one hundred in words.") \
+        -> list[float]:
+    """Seconds from sending to each content chunk of one streamed chat completion (EOS ignored)."""
+    body = {"model": model, "stream": True, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+            "messages": [{"role": "user", "content": prompt}]}
+    arrivals = []
+    with httpx.Client(trust_env=False, timeout=120) as http:
+        started = time.monotonic()
+        with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line.startswith("data: {") and any(c.get("delta", {}).get("content")
+                                                       for c in json.loads(line[6:]).get("choices", [])):
+                    arrivals.append(time.monotonic() - started)
+    return arrivals
+
+
+def test_stream_through_the_vip_is_not_buffered(platform):
+    arrivals = stream_chat(platform["api"], platform["model"], max_tokens=64)
+    first, last = arrivals[0], arrivals[-1]
+    assert len(arrivals) >= 32, f"{len(arrivals)} content chunks for 64 tokens"
+    # Buffered, every chunk lands together at the end; streamed, the first comes long before the last.
+    assert first < 0.5 * last and last - first > 0.2, f"first chunk after {first:.3f} s, last after {last:.3f} s"
+
+
+def test_time_to_first_token_through_the_vip_is_close_to_direct(platform):
+    direct, through_vip = [], []
+    for round_ in range(TTFT_ROUNDS):
+        node = platform["nodes"][round_ % len(platform["nodes"])]
+        direct.append(stream_chat(node, platform["model"], max_tokens=2, prompt="Say hi.")[0])
+        through_vip.append(stream_chat(platform["api"], platform["model"], max_tokens=2, prompt="Say hi.")[0])
+    direct_p50, vip_p50 = statistics.median(direct), statistics.median(through_vip)
+    assert vip_p50 <= direct_p50 * 1.10 + 0.020, \
+        f"median TTFT through the VIP {vip_p50 * 1000:.1f} ms vs direct {direct_p50 * 1000:.1f} ms"
+
+
+def test_official_openai_client_streams_chat_through_the_vip(platform):
+    import openai  # a dev extra: missing means the venv is stale (`make install`)
+
+    client = openai.OpenAI(base_url=f"{platform['api']}/v1", api_key="not-needed", max_retries=0,
+                           http_client=httpx.Client(trust_env=False, timeout=120))
+    stream = client.chat.completions.create(
+        model=platform["model"], stream=True, max_tokens=16, temperature=0,
+        messages=[{"role": "user", "content": "Name three colours."}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text.strip() and finish in (["length"], ["stop"]), (text, finish)
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
