@@ -138,13 +138,10 @@ INLINE float row_dot(const float *x, int64_t K, const weights_t *w, int format, 
         __m512 wide[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (; k + 64 <= K; k += 64)
             for (int i = 0; i < 4; i++) {
-                __m512 wv = format == F32 ? _mm512_loadu_ps((const float *)p + k + 16 * i)
-                    : _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + k + 16 * i))));
+                __m512 wv = format == F32 ? _mm512_loadu_ps((const float *)p + k + 16 * i) : load_int8x16(p + k + 16 * i);
                 wide[i] = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16 * i), wv, wide[i]);
             }
-        for (int i = 0; i < 4; i++)
-            acc[i] = _mm256_add_ps(_mm512_castps512_ps256(wide[i]),
-                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wide[i]), 1)));
+        for (int i = 0; i < 4; i++) acc[i] = fold8(wide[i]);
 #endif
         for (; k + 32 <= K; k += 32)
             for (int i = 0; i < 4; i++) {
@@ -200,6 +197,17 @@ INLINE void int8_rows_dot(const float *x, int mrows, int64_t K, const weights_t 
     __m256 acc[MSMALL][2];
     for (int m = 0; m < mrows; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
     int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 wide[MSMALL][2];
+    for (int m = 0; m < mrows; m++) wide[m][0] = wide[m][1] = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32)
+        for (int h = 0; h < 2; h++) {
+            __m512 wv = load_int8x16(p + k + 16 * h);
+            for (int m = 0; m < mrows; m++)
+                wide[m][h] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * K + k + 16 * h), wv, wide[m][h]);
+        }
+    for (int m = 0; m < mrows; m++) acc[m][0] = fold8(wide[m][0]), acc[m][1] = fold8(wide[m][1]);
+#endif
     for (; k + 16 <= K; k += 16)
         for (int h = 0; h < 2; h++) {
             __m256 wv = load_int8(p + k + 8 * h);
@@ -241,7 +249,24 @@ INLINE void tile(const float *x, int mrows, int64_t K, const float *block, const
     __m256 acc[MTILE][ROWS];
     for (int m = 0; m < MTILE; m++)
         for (int r = 0; r < ROWS; r++) acc[m][r] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 wide[MTILE][ROWS];
+    for (int m = 0; m < MTILE; m++)
+        for (int r = 0; r < ROWS; r++) wide[m][r] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[MTILE];
+        for (int m = 0; m < MTILE; m++) xv[m] = m < mrows ? _mm512_loadu_ps(x + m * K + k) : xv[0];
+        for (int r = 0; r < ROWS; r++) {
+            __m512 wv = _mm512_loadu_ps(block + r * K + k);
+            for (int m = 0; m < MTILE; m++)
+                if (m < mrows) wide[m][r] = _mm512_fmadd_ps(xv[m], wv, wide[m][r]);
+        }
+    }
+    for (int m = 0; m < mrows; m++)
+        for (int r = 0; r < ROWS; r++) acc[m][r] = fold8(wide[m][r]);
+#endif
+    for (; k < K; k += 8) {  /* every step on the avx2 path; a last 8 values on the avx512 one */
         __m256 xv[MTILE];
         for (int m = 0; m < MTILE; m++) xv[m] = m < mrows ? _mm256_loadu_ps(x + m * K + k) : xv[0];
         for (int r = 0; r < ROWS; r++) {

@@ -1,8 +1,9 @@
-/* Small AVX2 helpers shared by the kernels. */
+/* Small AVX2 (and, on the avx512 path, AVX-512) helpers shared by the kernels. */
 #ifndef OPSLAB_SIMD_H
 #define OPSLAB_SIMD_H
 
 #include <immintrin.h>
+#include <stdint.h>
 
 /* e^x for 8 floats (Cephes expf: range reduction by ln 2, degree-6 polynomial), relative error ~2e-7. */
 static inline __m256 exp8(__m256 x) {
@@ -33,6 +34,18 @@ static inline float hmax(__m256 v) {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
 }
+
+#if defined(__AVX512F__)
+/* The two 256-bit halves of v added: wide accumulators folded into narrow ones, which finish the row. */
+static inline __m256 fold8(__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+/* 16 int8 weights as floats. */
+static inline __m512 load_int8x16(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#endif
 
 /* Four horizontal sums at once: (sum a, sum b, sum c, sum d). */
 static inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
