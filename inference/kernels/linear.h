@@ -244,6 +244,19 @@ INLINE void block_int8_small(const float *x, int64_t M, int64_t K, const weights
 
 /* ---- M > SMALL_M_MAX: decode once into scratch, then an fp32 micro-kernel -------------------------------------- */
 
+/* One k step of the tile at one vector width (VEC, LOAD and FMA name its type and intrinsics): the mrows rows
+ * of x times the ROWS rows of the block into accumulators `acc`. */
+#define TILE_STEP(VEC, LOAD, FMA, acc)                                                                     \
+    do {                                                                                                  \
+        VEC xv[MTILE];                                                                                    \
+        for (int m = 0; m < MTILE; m++) xv[m] = m < mrows ? LOAD(x + m * K + k) : xv[0];                  \
+        for (int r = 0; r < ROWS; r++) {                                                                  \
+            VEC wv = LOAD(block + r * K + k);                                                             \
+            for (int m = 0; m < MTILE; m++)                                                               \
+                if (m < mrows) acc[m][r] = FMA(xv[m], wv, acc[m][r]);                                     \
+        }                                                                                                 \
+    } while (0)
+
 INLINE void tile(const float *x, int mrows, int64_t K, const float *block, const weights_t *w, int format,
                  const float *bias, int64_t n, float *y, int64_t ldy, int accumulate) {
     __m256 acc[MTILE][ROWS];
@@ -254,27 +267,12 @@ INLINE void tile(const float *x, int mrows, int64_t K, const float *block, const
     __m512 wide[MTILE][ROWS];
     for (int m = 0; m < MTILE; m++)
         for (int r = 0; r < ROWS; r++) wide[m][r] = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-        __m512 xv[MTILE];
-        for (int m = 0; m < MTILE; m++) xv[m] = m < mrows ? _mm512_loadu_ps(x + m * K + k) : xv[0];
-        for (int r = 0; r < ROWS; r++) {
-            __m512 wv = _mm512_loadu_ps(block + r * K + k);
-            for (int m = 0; m < MTILE; m++)
-                if (m < mrows) wide[m][r] = _mm512_fmadd_ps(xv[m], wv, wide[m][r]);
-        }
-    }
+    for (; k + 16 <= K; k += 16) TILE_STEP(__m512, _mm512_loadu_ps, _mm512_fmadd_ps, wide);
     for (int m = 0; m < mrows; m++)
         for (int r = 0; r < ROWS; r++) acc[m][r] = fold8(wide[m][r]);
 #endif
-    for (; k < K; k += 8) {  /* every step on the avx2 path; a last 8 values on the avx512 one */
-        __m256 xv[MTILE];
-        for (int m = 0; m < MTILE; m++) xv[m] = m < mrows ? _mm256_loadu_ps(x + m * K + k) : xv[0];
-        for (int r = 0; r < ROWS; r++) {
-            __m256 wv = _mm256_loadu_ps(block + r * K + k);
-            for (int m = 0; m < MTILE; m++)
-                if (m < mrows) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
-        }
-    }
+    /* every step on the avx2 path; a last 8 values on the avx512 one */
+    for (; k < K; k += 8) TILE_STEP(__m256, _mm256_loadu_ps, _mm256_fmadd_ps, acc);
     for (int m = 0; m < mrows; m++)
         store4(y + m * ldy + n, hsum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]), w, format, bias, n,
                accumulate);
