@@ -19,11 +19,12 @@ install: ## System packages (debootstrap, systemd-container, ...) and the venv a
 image: install ## Build the lab's golden image once (cached under /var/cache/opslab)
 	$(LAB) sandbox image
 
-lab: image ## Bring the sandbox up, run site.yml, show `lab check all`, print where things answer
+lab: image ## Bring the sandbox up, run site.yml, show `lab check all`, then the API at its VIP: a short bench, a drill
 	$(LAB) sandbox up
 	$(VENV)/bin/ansible-playbook site.yml
 	$(LAB) check all || true
 	$(LAB) sandbox status
+	$(VENV)/bin/python scripts/platform-summary.py
 
 peers: install ## Build llama.cpp's llama-server for this CPU (cached under /var/cache/opslab/peers; ~10 min once)
 	$(VENV)/bin/python -m inference fetch-model >/dev/null  # the build's smoke test decodes with it
