@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 
+import httpx
 import pytest
 from conftest import LAB, PROJECT_ROOT, run_lab
 
@@ -54,7 +55,10 @@ def test_drill_moves_the_vip_within_the_outage_budget(solved, method):
     assert after != before
     assert (result["from_host"], result["to_host"]) == (before[0], after[0])
     assert result["method"] == method and result["recovered"]
-    assert 0 < result["failed"] < result["requests"]
+    assert result["failed"] < result["requests"]
+    # stopping keepalived hands over at once (priority 0): the gap may fall between two requests
+    assert result["failed"] > 0 or method == "stop-keepalived"
+    assert result["failed_after_vip_moved"] == 0, result
     assert result["outage_s"] < MAX_OUTAGE_S, result
 
 
@@ -109,3 +113,38 @@ def test_an_interrupted_drill_puts_the_master_back(solved, method, signum, exit_
     assert run_on(before[0], f"systemctl is-active {drill.LINK_DOWN_UNIT}").stdout.strip() != "active"
     one_holder = drill.wait_until(lambda: len(vip_holders()) == 1, 10)
     assert one_holder, f"the VIP is on {vip_holders()} after the interrupted drill"
+
+
+INFERENCE_OUTAGE_BUDGET_S = {"stop-nginx": 1.5, "stop-keepalived": 1.5, "stop-host": 4.0}
+
+
+@pytest.fixture(scope="module")
+def platform(sandbox):
+    """The inference platform deployed (the capstone's reference), unless its API already answers."""
+    if not api_answers():
+        run_lab("solve", "capstone", check=True, timeout=1800)
+    assert api_answers(), "the platform API does not answer at the edge VIP after `lab solve capstone`"
+
+
+def api_answers() -> bool:
+    inventory = Inventory(default_inventory_path())
+    try:
+        return httpx.get(f"{inventory.endpoints()['inference']}/v1/models", timeout=5, trust_env=False).is_success
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize("method", list(INFERENCE_OUTAGE_BUDGET_S))
+def test_the_platform_fails_over_under_streaming_load(platform, method):
+    done = run_lab("drill", "failover", "--target", "inference", "--method", method, "--json", timeout=600)
+    assert done.stdout, done.stderr
+    result = json.loads(done.stdout)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"failover-drill-inference-{method}.json").write_text(json.dumps(result, indent=2) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert (result["target"], result["group"], result["method"]) == ("inference", "edge", method)
+    assert result["clients"] >= 8 and result["requests"] > result["clients"]
+    assert result["to_host"] and result["to_host"] != result["from_host"] and result["recovered"]
+    assert result["failed_after_vip_moved"] == 0, result
+    assert result["outage_s"] < INFERENCE_OUTAGE_BUDGET_S[method], result
+    assert drill.load_last_for("edge", method)["started_at"] == result["started_at"]
