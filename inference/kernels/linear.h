@@ -22,10 +22,11 @@
  *           x . q per group and applies the group's scale once, plus min * sum(x over the group) from a
  *           per-call table.
  *   M >= 2: each block is decoded once into a per-thread float32 scratch (L1/L2 resident), then multiplied
- *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound. Except INT8 with a scale per row
- *           and M <= SMALL_M_MAX: there a weight row is decoded in registers once per MSMALL rows of x,
- *           cheaper than the scratch round trip (for F32 nothing needs decoding; for the grouped formats the
- *           per-group work makes registers the slower way, measured).
+ *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound. Except INT8 (a scale per row, or
+ *           grouped: each group's scale multiplies its decoded weights once for all the rows of x) with
+ *           M <= SMALL_M_MAX: there a weight row is decoded in registers once per MSMALL rows of x,
+ *           cheaper than the scratch round trip (for F32 nothing needs decoding; INT4's min term makes
+ *           its per-group work heavier).
  *   W8A8:   x is quantized once per call (all threads share it); M == 1 walks each row front to back, M >= 2
  *           multiplies int8 rows of W with tiles of MTILE rows of x straight from memory; sums stay int32
  *           to the end of a row.
@@ -47,7 +48,7 @@
 #define MTILE 3
 #define MPANEL 48
 #define MSMALL 4       /* rows of x that share one in-register decode of a weight row */
-#define SMALL_M_MAX 8  /* INT8 per-row: up to this many rows of x, decode in registers (MSMALL rows at a time) */
+#define SMALL_M_MAX 8  /* INT8: up to this many rows of x, decode in registers (MSMALL rows at a time) */
 
 enum format { F32 = 0, INT8 = 1, INT4 = 2, W8A8 = 3 };
 #define QBLOCK 32  /* W8A8: values of x per activation scale */
@@ -188,51 +189,63 @@ INLINE void block_gemv(const float *x, int64_t K, const weights_t *w, int format
         y[n + r] = row_dot(x, K, w, format, n + r) + (bias ? bias[n + r] : 0.0f) + (accumulate ? y[n + r] : 0.0f);
 }
 
-/* ---- 2 <= M <= SMALL_M_MAX, INT8 with a scale per row: one decode in registers for MSMALL rows of x ---- */
+/* ---- 2 <= M <= SMALL_M_MAX, INT8: one decode in registers for MSMALL rows of x ---------------------------- */
 
 /* dots[m] = x[m] . row `row` of W for the mrows <= MSMALL rows of x (row stride K). Called with a literal
- * mrows, so the 2 * mrows accumulators stay in registers. */
-INLINE void int8_rows_dot(const float *x, int mrows, int64_t K, const weights_t *w, int64_t row, float *dots) {
+ * mrows, so the 2 * mrows accumulators stay in registers, and a literal `grouped`, so per-row weights pay
+ * nothing for the groups: a scale per row is applied to the dot products, grouped scales (whole groups of
+ * 32) to the decoded weights, once for all the rows of x. */
+INLINE void int8_rows_dot(const float *x, int mrows, int64_t K, const weights_t *w, int64_t row, float *dots,
+                          int grouped) {
     const uint8_t *p = w->weight + row * w->row_bytes;
+    const float *group_scales = w->scales + row * w->groups;
+    int64_t group = 0, group_end = grouped ? w->group_size : K;  /* the group k is in, and where it ends */
     __m256 acc[MSMALL][2];
     for (int m = 0; m < mrows; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
     int64_t k = 0;
 #if defined(__AVX512F__)
     __m512 wide[MSMALL][2];
     for (int m = 0; m < mrows; m++) wide[m][0] = wide[m][1] = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32)
+    for (; k + 32 <= K; k += 32) {
+        if (grouped && k == group_end) group++, group_end += w->group_size;
         for (int h = 0; h < 2; h++) {
             __m512 wv = load_int8x16(p + k + 16 * h);
+            if (grouped) wv = _mm512_mul_ps(wv, _mm512_set1_ps(group_scales[group]));
             for (int m = 0; m < mrows; m++)
                 wide[m][h] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * K + k + 16 * h), wv, wide[m][h]);
         }
+    }
     for (int m = 0; m < mrows; m++) acc[m][0] = fold8(wide[m][0]), acc[m][1] = fold8(wide[m][1]);
 #endif
-    for (; k + 16 <= K; k += 16)
+    for (; k + 16 <= K; k += 16) {  /* grouped rows are whole groups of 32: a step never straddles two */
+        if (grouped && k == group_end) group++, group_end += w->group_size;
         for (int h = 0; h < 2; h++) {
             __m256 wv = load_int8(p + k + 8 * h);
+            if (grouped) wv = _mm256_mul_ps(wv, _mm256_set1_ps(group_scales[group]));
             for (int m = 0; m < mrows; m++)
                 acc[m][h] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k + 8 * h), wv, acc[m][h]);
         }
-    if (k < K) {
+    }
+    if (k < K) {  /* per-row scales only: K % 16 == 8 */
         __m256 wv = load_int8(p + k);
         for (int m = 0; m < mrows; m++) acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wv, acc[m][0]);
     }
-    for (int m = 0; m < mrows; m++) dots[m] = hsum(_mm256_add_ps(acc[m][0], acc[m][1])) * w->scales[row];
+    for (int m = 0; m < mrows; m++)
+        dots[m] = hsum(_mm256_add_ps(acc[m][0], acc[m][1])) * (grouped ? 1.0f : w->scales[row]);
 }
 
 INLINE void block_int8_small(const float *x, int64_t M, int64_t K, const weights_t *w, const float *bias, int64_t n,
-                             float *y, int64_t ldy, int accumulate) {
+                             float *y, int64_t ldy, int accumulate, int grouped) {
     for (int64_t m0 = 0; m0 < M; m0 += MSMALL) {
         int mrows = M - m0 < MSMALL ? (int)(M - m0) : MSMALL;
         const float *xs = x + m0 * K;
         for (int r = 0; r < ROWS; r++) {
             float dots[MSMALL];
             switch (mrows) {
-            case 1: int8_rows_dot(xs, 1, K, w, n + r, dots); break;
-            case 2: int8_rows_dot(xs, 2, K, w, n + r, dots); break;
-            case 3: int8_rows_dot(xs, 3, K, w, n + r, dots); break;
-            default: int8_rows_dot(xs, MSMALL, K, w, n + r, dots);
+            case 1: int8_rows_dot(xs, 1, K, w, n + r, dots, grouped); break;
+            case 2: int8_rows_dot(xs, 2, K, w, n + r, dots, grouped); break;
+            case 3: int8_rows_dot(xs, 3, K, w, n + r, dots, grouped); break;
+            default: int8_rows_dot(xs, MSMALL, K, w, n + r, dots, grouped);
             }
             for (int m = 0; m < mrows; m++) {
                 float *out = y + (m0 + m) * ldy + n + r;
@@ -481,8 +494,10 @@ INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t
                 if (M == 1) w8a8_block_gemv(xq, K, w, bias, n, y, accumulate);
                 else w8a8_block_tiled(xq, m0, rows, K, w, bias, n, y + m0 * N, N, accumulate);
             } else if (M == 1) block_gemv(x, K, w, format, bias, n, y, accumulate);
-            else if (format == INT8 && !w->groups && M <= SMALL_M_MAX)
-                block_int8_small(x, M, K, w, bias, n, y, N, accumulate);
+            else if (format == INT8 && M <= SMALL_M_MAX && w->groups)
+                block_int8_small(x, M, K, w, bias, n, y, N, accumulate, 1);
+            else if (format == INT8 && M <= SMALL_M_MAX)
+                block_int8_small(x, M, K, w, bias, n, y, N, accumulate, 0);
             else block_tiled(x + m0 * K, rows, K, w, format, bias, n, y + m0 * N, N, scratch, accumulate);
         }
     }
