@@ -70,12 +70,18 @@ class KernelUnavailable(RuntimeError):
     """The fused kernels cannot run here (the message says why)."""
 
 
+class CpuPathError(ValueError):
+    """OPSLAB_CPU_PATH names a path that is unknown or that this CPU cannot run: a configuration error, raised
+    rather than quietly falling back to the PyTorch path."""
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("OPSLAB_KERNEL_CACHE", "~/.cache/opslab/kernels")).expanduser()
 
 
 def enabled() -> bool:
-    """True when the kernels are switched on and build/load on this machine (built on the first call)."""
+    """True when the kernels are switched on and build/load on this machine (built on the first call); a bad
+    OPSLAB_CPU_PATH raises CpuPathError."""
     try:
         library()
     except KernelUnavailable:
@@ -90,8 +96,8 @@ def library() -> ctypes.CDLL:
 
 
 def chosen_path() -> str:
-    """The path the kernels run: $OPSLAB_CPU_PATH when set (it must be one this CPU supports), else the widest
-    this CPU supports. Raises KernelUnavailable with the reason when there is none."""
+    """The path the kernels run: $OPSLAB_CPU_PATH when set (it must be one this CPU supports, else CpuPathError),
+    else the widest this CPU supports. Raises KernelUnavailable with the reason when there is none."""
     if os.environ.get("OPSLAB_CPU_KERNELS", "1") == "0":
         raise KernelUnavailable("switched off by OPSLAB_CPU_KERNELS=0")
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -99,10 +105,10 @@ def chosen_path() -> str:
     forced = os.environ.get(PATH_ENV)
     if forced:
         if forced not in PATHS:
-            raise KernelUnavailable(f"{PATH_ENV}={forced!r} is not a kernel path; choose one of {', '.join(PATHS)}")
+            raise CpuPathError(f"{PATH_ENV}={forced!r} is not a kernel path; choose one of {', '.join(PATHS)}")
         missing = missing_flags(forced)
         if missing:
-            raise KernelUnavailable(f"{PATH_ENV}={forced} needs {', '.join(missing)}, which this CPU "
+            raise CpuPathError(f"{PATH_ENV}={forced} needs {', '.join(missing)}, which this CPU "
                                     f"({cpu_model()}) lacks; choose one of {', '.join(supported_paths()) or 'none'}")
         return forced
     supported = supported_paths()
@@ -141,7 +147,7 @@ def describe() -> dict:
             "amx": amx_status()}
     try:
         info["path"] = chosen_path()
-    except KernelUnavailable as reason:
+    except (KernelUnavailable, CpuPathError) as reason:
         info["reason"] = str(reason)
     return info
 

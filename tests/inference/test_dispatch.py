@@ -59,16 +59,18 @@ def test_an_avx2_cpu_runs_the_avx2_path(monkeypatch, avx2_only_cpu):
     assert kernels.chosen_path() == "avx2"
 
 
-def test_forcing_a_path_the_cpu_lacks_names_the_cpu_and_the_flags(monkeypatch, avx2_only_cpu):
+def test_forcing_a_path_the_cpu_lacks_is_an_error_naming_the_cpu_and_the_flags(monkeypatch, avx2_only_cpu):
+    """Not a quiet fall-back to the PyTorch path: the engine's start (kernels.enabled()) fails with the reason."""
     monkeypatch.setenv(kernels.PATH_ENV, "avx512")
-    with pytest.raises(kernels.KernelUnavailable, match=r"Test CPU 3000.*avx2$") as error:
-        kernels.chosen_path()
+    with pytest.raises(kernels.CpuPathError, match=r"Test CPU 3000.*avx2$") as error:
+        kernels.enabled()
     assert "avx512f" in str(error.value) and "avx512_vnni" in str(error.value)
+    assert kernels.describe()["path"] is None and "Test CPU 3000" in kernels.describe()["reason"]
 
 
 def test_an_unknown_path_is_refused_with_the_choices(monkeypatch):
     monkeypatch.setenv(kernels.PATH_ENV, "sse2")
-    with pytest.raises(kernels.KernelUnavailable, match="choose one of avx512, avx2"):
+    with pytest.raises(kernels.CpuPathError, match="choose one of avx512, avx2"):
         kernels.chosen_path()
 
 
