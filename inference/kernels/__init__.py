@@ -108,8 +108,8 @@ def chosen_path() -> str:
             raise CpuPathError(f"{PATH_ENV}={forced!r} is not a kernel path; choose one of {', '.join(PATHS)}")
         missing = missing_flags(forced)
         if missing:
-            raise CpuPathError(f"{PATH_ENV}={forced} needs {', '.join(missing)}, which this CPU "
-                                    f"({cpu_model()}) lacks; choose one of {', '.join(supported_paths()) or 'none'}")
+            raise CpuPathError(f"{PATH_ENV}={forced} needs {', '.join(missing)}, which this CPU ({cpu_model()}) "
+                               f"lacks; choose one of {', '.join(supported_paths()) or 'none'}")
         return forced
     supported = supported_paths()
     if not supported:
@@ -139,8 +139,8 @@ def cpu_flags() -> list[str]:
 
 def describe() -> dict:
     """What the kernels run on: {"path", "cpu_model", "cpu_flags", "isa_flags" (those of cpu_flags the paths
-    look at), "supported_paths", "amx"}; "path" is None
-    (and "reason" says why) when the kernels are unavailable. For logs, /metrics and benchmark results."""
+    look at), "supported_paths", "amx"}; "path" is None (and "reason" says why) when the kernels are
+    unavailable. For logs, /metrics and benchmark results."""
     looked_at = {flag for path in PATHS.values() for flag in path.cpu_flags} | set(AMX_CPU_FLAGS)
     info = {"path": None, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
             "isa_flags": [flag for flag in cpu_flags() if flag in looked_at], "supported_paths": supported_paths(),
