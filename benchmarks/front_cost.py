@@ -6,11 +6,15 @@ through the VIP, in one run; then the outage clients see over repeated failover 
 Load comes from the product's load tester (`python -m inference.bench`), each run in its own process, so the
 client never shares an interpreter with this script. Paths:
 
-- `direct`: both nodes at once, half the concurrency and half the prompts each (two bench processes side
-  by side): the capacity nginx balances over, without nginx. Throughputs add up; the TTFT p50 is the mean of
-  the two nodes' p50s (identical nodes, equal shares).
+- `direct`: the first inference node's own port.
 - `nginx`: an edge host's own address (nginx, least_conn over both nodes).
 - `vip`: the platform VIP (keepalived in front of the same nginx).
+
+The default concurrency is 1: one request at a time keeps exactly one (identical) node busy on every path,
+so the paths differ only by what the front adds to each request. At higher concurrency nginx spreads the
+load over both nodes and measures the second node, not the front; `direct` then splits the load over
+both nodes in two bench processes side by side (throughputs add up, the TTFT p50 is the mean of the two
+nodes' p50s), which costs the client a second interpreter on the same machine.
 
 The paths take turns within each round (rotating the order) so slow drifts of the shared machine hit them
 alike; each metric is the median over the rounds. Overheads are relative to `direct`. Then
@@ -75,7 +79,7 @@ def measure_round(urls: dict, concurrency: int, num_prompts: int, options: list[
     found = {}
     for path in order:
         if path == "direct":
-            nodes = urls["direct"]
+            nodes = urls["direct"] if concurrency > 1 else urls["direct"][:1]
             share_c, share_n = max(1, concurrency // len(nodes)), max(1, num_prompts // len(nodes))
             runs = [bench(url, f"direct{i}", share_c, share_n, options) for i, url in enumerate(nodes, 1)]
             found[path] = merge_direct([result(run, timeout_s) for run in runs])
@@ -156,8 +160,8 @@ def plot(document: dict, path: Path) -> None:
 
 @click.command()
 @click.option("--rounds", type=click.IntRange(1, 10), default=3, show_default=True, help="Turns of every path.")
-@click.option("--concurrency", type=click.IntRange(2, 64), default=4, show_default=True)
-@click.option("--num-prompts", type=click.IntRange(2, 512), default=16, show_default=True, help="Requests per path and round.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--num-prompts", type=click.IntRange(2, 512), default=24, show_default=True, help="Requests per path and round.")
 @click.option("--input-len", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--output-len", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--drills", "drill_count", type=click.IntRange(0, 20), default=5, show_default=True, help="Drills per method.")
