@@ -1,14 +1,16 @@
-"""site.yml: the baseline and every stage's prepare run over the sandbox; a second run changes nothing."""
+"""site.yml: the baseline, the inference platform and every stage's prepare run over the sandbox; the API
+answers at the platform VIP; a second run changes nothing."""
 from __future__ import annotations
 
 import re
 import subprocess
 
+import httpx
 import pytest
 from conftest import PROJECT_ROOT
 
 from lab_tasks.sandbox.ssh import ssh_argv
-from lab_tasks.topology import topology
+from lab_tasks.topology import Inventory, default_inventory_path, topology
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
@@ -31,6 +33,15 @@ def test_site_runs_on_every_host(sandbox, site_applied):
     first, recap = site_applied
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr
     assert set(recap) == {host.name for host in sandbox}
+
+
+def test_site_deploys_the_platform_behind_its_vip(site_applied):
+    endpoints = Inventory(default_inventory_path()).endpoints()
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        nodes = {url: http.get(f"{url}/health").status_code for url in endpoints["inference_nodes"]}
+        assert nodes == {url: 200 for url in endpoints["inference_nodes"]}
+        assert http.get(f"{endpoints['inference']}/health").status_code == 200
+        assert http.get(f"{endpoints['inference']}/v1/models").json()["data"][0]["id"]
 
 
 def test_second_site_run_changes_nothing(site_applied):
