@@ -144,8 +144,8 @@ def plot(document: dict, path: Path) -> None:
         values = [summary[p][key] for p in PATHS]
         axis.bar(PATHS, values, color=["#888", "#4a7", "#47a"])
         axis.set_title(label)
-        for x, path in enumerate(PATHS[1:], 1):
-            pct = summary[path]["throughput_overhead_pct" if key == "output_throughput" else "ttft_p50_overhead_pct"]
+        for x, front in enumerate(PATHS[1:], 1):
+            pct = summary[front]["throughput_overhead_pct" if key == "output_throughput" else "ttft_p50_overhead_pct"]
             axis.annotate(f"{pct:+.1f} %", (x, values[x]), ha="center", va="bottom")
     methods = [m for m in outages if outages[m].get("count")]
     axes[2].boxplot([outages[m]["outages_s"] for m in methods], tick_labels=methods)

@@ -32,3 +32,12 @@ def test_outage_stats_count_failures_to_recover_and_skip_errors():
     stats = front_cost.outage_stats(runs)
     assert (stats["count"], stats["median_s"], stats["max_s"], stats["not_recovered"]) == (2, 1.1, 1.4, 2)
     assert front_cost.outage_stats([{"error": "x"}]) == {"count": 0}
+
+
+def test_plot_lands_where_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = front_cost.summarize([{"direct": metrics(100.0, 100.0), "nginx": metrics(98.0, 104.0),
+                                     "vip": metrics(97.0, 106.0)}])
+    outages = {"stop-nginx": front_cost.outage_stats([{"outage_s": 0.5, "recovered": True}])}
+    front_cost.plot({"summary": summary, "outages": outages}, tmp_path / "front.png")
+    assert [p.name for p in tmp_path.rglob("*.png")] == ["front.png"]
