@@ -17,7 +17,6 @@ an Ansible task reads `changed_when` from it.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -33,6 +32,9 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
+import click
+
+from inference.model_store import sha256_of
 from lab_tasks.registry import PROJECT_ROOT
 
 # What the server imports at runtime (the rest of pyproject's dependencies serve the lab tooling: ansible,
@@ -103,14 +105,6 @@ def digest_of(paths: list[Path], extra: str = "") -> str:
                 continue
             digest.update(f"{path.relative_to(PROJECT_ROOT)}\0".encode())
             digest.update(sha256_of(path).encode())
-    return digest.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -276,44 +270,56 @@ def _write_json_if_changed(path: Path, data: dict) -> bool:
     return True
 
 
+@click.group(name="python -m lab_tasks.wheelhouse", help=__doc__.split("\n\n")[0], no_args_is_help=False)
+def cli() -> None:
+    pass
+
+
+@cli.command("build", help="download/build the wheels and link the models")
+@click.option("--variant", default="cpu", show_default=True, help="torch build: cpu, cu126, cu128...")
+@click.option("--torch-index-url", default=lambda: os.environ.get("OPSLAB_TORCH_INDEX_URL", TORCH_INDEX_URL),
+              help="extra index for torch, {variant} filled in (default: $OPSLAB_TORCH_INDEX_URL, else pip's config)")
+@click.option("--model", "models", type=click.Path(path_type=Path), multiple=True,
+              help="model file to serve (repeatable; default: SmolLM2)")
+@click.option("--package", "packages", multiple=True, help="runtime package (repeatable; default: the server's set)")
+def build_command(variant: str, torch_index_url: str, models: tuple[Path, ...], packages: tuple[str, ...]) -> dict:
+    models = models or tuple(_default_models())
+    for model in models:
+        if not model.is_file():
+            raise WheelhouseError(f"model {model} not found; pass an existing file to --model")
+    return build(variant, torch_index_url, list(models), packages or tuple(RUNTIME_PACKAGES))
+
+
+@cli.command("serve", help="serve the wheelhouse over HTTP (detached)")
+@click.option("--bind", required=True, help="address to listen on (the lab bridge's)")
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+def serve_command(bind: str, port: int) -> dict:
+    return serve(bind, port)
+
+
+@cli.command("stop", help="stop the HTTP server")
+def stop_command() -> dict:
+    return stop()
+
+
+@cli.command("status", help="PID of the HTTP server, if it runs")
+def status_command() -> dict:
+    return {"changed": False, "pid": running_pid(), "root": str(wheelhouse_root())}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab_tasks.wheelhouse", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_cmd = commands.add_parser("build", help="download/build the wheels and link the models")
-    build_cmd.add_argument("--variant", default="cpu", help="torch build: cpu, cu126, cu128... (default cpu)")
-    build_cmd.add_argument("--torch-index-url", default=os.environ.get("OPSLAB_TORCH_INDEX_URL", TORCH_INDEX_URL),
-                           help="extra index for torch, {variant} filled in (default: $OPSLAB_TORCH_INDEX_URL, else pip's config)")
-    build_cmd.add_argument("--model", type=Path, action="append", help="model file to serve (default: SmolLM2)")
-    build_cmd.add_argument("--package", action="append", help="runtime package (default: the server's set)")
-    serve_cmd = commands.add_parser("serve", help="serve the wheelhouse over HTTP (detached)")
-    serve_cmd.add_argument("--bind", required=True, help="address to listen on (the lab bridge's)")
-    serve_cmd.add_argument("--port", type=int, required=True)
-    commands.add_parser("stop", help="stop the HTTP server")
-    commands.add_parser("status", help="PID of the HTTP server, if it runs")
-    args = parser.parse_args(argv)
+    """Each command prints its result as one JSON line (the role reads `changed`); errors are one line, exit 2."""
     try:
-        result = run(args)
+        result = cli.main(args=argv, standalone_mode=False)
+    except click.UsageError as error:
+        print(f"Error: {error.format_message().rstrip('.')}; see `python -m lab_tasks.wheelhouse --help`", file=sys.stderr)
+        return 2
     except WheelhouseError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
-    return 0
-
-
-def run(args: argparse.Namespace) -> dict:
-    if args.command == "build":
-        models = args.model or _default_models()
-        for model in models:
-            if not model.is_file():
-                raise WheelhouseError(f"model {model} not found; pass an existing file to --model")
-        result = build(args.variant, args.torch_index_url, models, tuple(args.package or RUNTIME_PACKAGES))
-    elif args.command == "serve":
-        result = serve(args.bind, args.port)
-    elif args.command == "stop":
-        result = stop()
-    else:
-        result = {"changed": False, "pid": running_pid(), "root": str(wheelhouse_root())}
-    return result
+    if isinstance(result, dict):
+        print(json.dumps(result))
+    return 0 if isinstance(result, dict) or result is None else int(result)
 
 
 if __name__ == "__main__":

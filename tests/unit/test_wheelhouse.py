@@ -76,3 +76,15 @@ def test_serve_on_an_address_this_host_lacks_exits_2_with_one_line(cache):
     assert done.returncode == 2
     assert done.stderr.startswith("Error: the wheelhouse server did not answer on 192.0.2.1:")
     assert len(done.stderr.strip().splitlines()) == 1 and not wheelhouse.pid_file().exists()
+
+
+@pytest.mark.parametrize("argv, says", [([], "Missing command"),
+                                        (["serve", "--bind", "127.0.0.1"], "Missing option '--port'"),
+                                        (["serve", "--bind", "127.0.0.1", "--port", "70000"], "--port")])
+def test_bad_command_lines_get_one_error_line_and_exit_2(argv, says):
+    done = subprocess.run([sys.executable, "-m", "lab_tasks.wheelhouse", *argv], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and says in lines[0], done.stderr
