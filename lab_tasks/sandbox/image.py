@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lab_tasks.errors import LabError
 from lab_tasks.sandbox.paths import CACHE_DIR, HOSTS_DIR
-from lab_tasks.sandbox.progress import Progress
+from lab_tasks.sandbox.build_steps import BuildSteps
 from lab_tasks.sandbox.ssh import ensure_key
 
 SUITE = "bookworm"
@@ -85,7 +85,7 @@ def build(image: Image) -> None:
     remove_stale_builds()
     work = CACHE_DIR / f".build-{image.path.name}-{os.getpid()}"
     work.mkdir()
-    progress = Progress(CACHE_DIR / f"{image.path.name}.log")
+    progress = BuildSteps(CACHE_DIR / f"{image.path.name}.log")
     progress.log.write_text(f"build started {time.ctime()}\n")
     progress.console.print(f"Building the lab image {image.path} (a few minutes, once)")
     try:
@@ -99,7 +99,7 @@ def build(image: Image) -> None:
     prune(image)
 
 
-def bootstrap(progress: Progress, work: Path) -> None:
+def bootstrap(progress: BuildSteps, work: Path) -> None:
     """debootstrap a minbase rootfs and keep a tarball of it as the Docker base image."""
     rootfs = work / "rootfs"
     progress.run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), MIRROR], step="debootstrap minbase")
@@ -108,7 +108,7 @@ def bootstrap(progress: Progress, work: Path) -> None:
                  step="docker base image tarball")
 
 
-def customize(progress: Progress, rootfs: Path) -> None:
+def customize(progress: BuildSteps, rootfs: Path) -> None:
     """Install the packages and configure the image inside a throwaway nspawn (recipe/customize.sh)."""
     inputs = rootfs / BUILD_INPUTS.lstrip("/")
     inputs.mkdir()

@@ -12,7 +12,7 @@ from lab_tasks.errors import LabError
 STEP_MARKER = "opslab-step: "
 
 
-class Progress:
+class BuildSteps:
     """Prints `[ 0:42] step` lines; on a terminal a spinner shows the command's latest output line."""
 
     def __init__(self, log: Path, console: Console | None = None):
