@@ -17,6 +17,7 @@ that are not built are skipped loudly (recorded in the JSON), or fail the run wi
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -24,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -250,10 +251,17 @@ def default_engine(gguf: Path, quant: str) -> Path:
     return cached_engine(gguf, quant, group_size=32)
 
 
-def exit_on_signals() -> None:
-    """SIGTERM/SIGHUP end the run by SystemExit, so the launchers' cleanup stops the server under test."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+@contextlib.contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGHUP end the run by SystemExit, so the launchers' cleanup stops the server under test; the
+    previous handlers come back afterwards (main runs in-process in tests)."""
+    previous = {sig: signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def parse_list(text: str, option: str, choices: tuple[str, ...] | None = None) -> tuple:
@@ -297,7 +305,14 @@ def main(servers, concurrency, num_prompts, input_len, output_len, threads, max_
          request_timeout, engine_dir, quant, gguf, hf_model, offline, require_peers, output):
     """Our server vs llama-server, llama-cpp-python and an HF baseline: throughput, TTFT, ratios."""
     servers = parse_list(servers, "--servers", SERVERS)
-    exit_on_signals()
+    with exit_on_signals():
+        compare(servers, concurrency, num_prompts, input_len, output_len, threads, max_duration, warmup, seed,
+                request_timeout, engine_dir, quant, gguf, hf_model, offline, require_peers, output)
+
+
+def compare(servers, concurrency, num_prompts, input_len, output_len, threads, max_duration, warmup, seed,
+            request_timeout, engine_dir, quant, gguf, hf_model, offline, require_peers, output) -> None:
+    """The body of `main`, with the signal handlers in place."""
     levels = parse_list(concurrency, "--concurrency")
     if engine_dir is not None and not (engine_dir / "config.json").is_file():
         raise CompareError(f"{engine_dir} is not an engine directory (no config.json); build one with "

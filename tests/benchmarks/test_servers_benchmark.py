@@ -119,3 +119,14 @@ def test_llama_cpp_python_server_without_usage_has_its_chunks_counted(llama_cpp_
     assert run["tokens_from"] == "content chunks" and run["chunks_match_usage"] is None
     assert run["metrics"]["total_output_tokens"] == run["metrics"]["total_content_chunks"] > 0
     assert document["ours"] is None and document["ratios"] == {}
+
+
+def test_signal_handlers_come_back_after_a_run():
+    import signal
+
+    from benchmarks.servers import exit_on_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    with exit_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -274,10 +274,11 @@ def test_sigterm_during_a_drill_raises_interrupted_and_restores(monkeypatch):
 
     cluster = lab.cluster()
     cluster.run = sigterm_once_broken
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(drill.Interrupted), drill.interruptible():
         drill.run_drill(cluster, PLAN, FakeLoad())
     assert lab.restored()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_ctrl_c_during_the_restore_waits_for_it_then_interrupts():
