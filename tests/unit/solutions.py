@@ -30,6 +30,10 @@ import yaml
 # ansible fixes its settings when first imported, and lab_tasks.topology parses inventories with this one
 # set: importing ansible here first must not change how the CLI tests in the same process see inventories
 os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
+try:  # ansible replaces sys.intern with an object, and torch._dynamo imported after that refuses to load;
+    import torch._dynamo  # noqa: F401  (so a session that collects this module first still runs the torch tests)
+except ImportError:
+    pass
 from ansible.errors import AnsibleError
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader

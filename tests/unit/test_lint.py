@@ -32,7 +32,9 @@ def tool(name: str) -> str:
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    """The linter as `make lint` runs it: ANSIBLE_* settings other tests put in this process stay out."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    return subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_yamllint_strict_is_clean():
