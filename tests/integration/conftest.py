@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from lab_tasks.sandbox import hosts as sandbox_hosts
 from lab_tasks.sandbox import lab as sandbox_lab
+from lab_tasks.topology import Inventory, default_inventory_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LAB = PROJECT_ROOT / ".venv" / "bin" / "lab"
@@ -80,3 +83,33 @@ def sandbox() -> list[sandbox_hosts.LabHost]:
     yield sandbox_lab.lab_hosts()
     if not _session["was_up"]:
         run_lab("sandbox", "down", check=True)
+
+
+def healthy(base: str) -> bool:
+    """Whether `base`/health answers 200 (our server, or the edge VIP in front of it)."""
+    try:
+        return httpx.get(f"{base}/health", timeout=3, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def platform(sandbox) -> dict:
+    """The inference platform answering at its VIP, deployed by site.yml on the edge and inference hosts when it
+    does not answer yet: {"api": base URL at the VIP, "model": served model name, "nodes": {name: address},
+    "node_urls": [each node's base URL]}."""
+    inventory = Inventory(default_inventory_path())
+    endpoints = inventory.endpoints()
+    api = endpoints["inference"]
+    if not healthy(api):
+        done = subprocess.run([str(PROJECT_ROOT / ".venv/bin/ansible-playbook"), "site.yml", "--limit",
+                               "edge:inference"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=2400)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    deadline = time.monotonic() + 60
+    while not healthy(api) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert healthy(api), f"{api}/health does not answer 200 after site.yml"
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        model = http.get(f"{api}/v1/models").json()["data"][0]["id"]
+    return {"api": api, "model": model, "node_urls": endpoints["inference_nodes"],
+            "nodes": {name: inventory.host(name).address for name in inventory.hosts("inference")}}

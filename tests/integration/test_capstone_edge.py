@@ -8,41 +8,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import time
 
 import httpx
 import pytest
-from conftest import PROJECT_ROOT
 
-from lab_tasks.topology import Inventory, default_inventory_path
 
 TTFT_ROUNDS = 7  # per path, interleaved, so both see the same background load
-
-
-@pytest.fixture(scope="module")
-def platform(sandbox) -> dict:
-    """{"api": base URL at the VIP, "nodes": [each node's base URL], "model": served model name}."""
-    endpoints = Inventory(default_inventory_path()).endpoints()
-    api, nodes = endpoints["inference"], endpoints["inference_nodes"]
-    if not _healthy(api):
-        done = subprocess.run([str(PROJECT_ROOT / ".venv/bin/ansible-playbook"), "site.yml", "--limit", "edge:inference"],
-                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=2400)
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    deadline = time.monotonic() + 60
-    while not _healthy(api) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert _healthy(api), f"{api}/health does not answer 200 after site.yml"
-    with httpx.Client(trust_env=False, timeout=10) as http:
-        model = http.get(f"{api}/v1/models").json()["data"][0]["id"]
-    return {"api": api, "nodes": nodes, "model": model}
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=3, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def stream_chat(base: str, model: str, max_tokens: int, prompt: str = "Count from one to one hundred in words.") \
@@ -73,7 +45,7 @@ def test_stream_through_the_vip_is_not_buffered(platform):
 def test_time_to_first_token_through_the_vip_is_close_to_direct(platform):
     direct, through_vip = [], []
     for round_ in range(TTFT_ROUNDS):
-        node = platform["nodes"][round_ % len(platform["nodes"])]
+        node = platform["node_urls"][round_ % len(platform["node_urls"])]
         direct.append(stream_chat(node, platform["model"], max_tokens=2, prompt="Say hi.")[0])
         through_vip.append(stream_chat(platform["api"], platform["model"], max_tokens=2, prompt="Say hi.")[0])
     direct_p50, vip_p50 = statistics.median(direct), statistics.median(through_vip)

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, healthy
 
 from lab_tasks.sandbox.ssh import ssh_argv
 from lab_tasks.topology import Inventory, default_inventory_path
@@ -21,31 +21,6 @@ RETRIES = 2                  # as the OpenAI clients (and lab_tasks.chatload): o
 RETRY_PAUSE_S = 0.1
 MAX_REQUESTS = 2000          # across all clients: the load stops here even if the playbook hangs
 PLAYBOOK_TIMEOUT_S = 1200
-
-
-@pytest.fixture(scope="module")
-def platform(sandbox) -> dict:
-    """{"api": base URL at the VIP, "model": served model name, "nodes": {name: address}}."""
-    inventory = Inventory(default_inventory_path())
-    api = inventory.endpoints()["inference"]
-    if not healthy(api):
-        done = subprocess.run([str(PROJECT_ROOT / ".venv/bin/ansible-playbook"), "site.yml", "--limit",
-                               "edge:inference"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=2400)
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    deadline = time.monotonic() + 60
-    while not healthy(api) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert healthy(api), f"{api}/health does not answer 200"
-    model = httpx.get(f"{api}/v1/models", timeout=10, trust_env=False).json()["data"][0]["id"]
-    return {"api": api, "model": model,
-            "nodes": {name: inventory.host(name).address for name in inventory.hosts("inference")}}
-
-
-def healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=3, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class StreamingLoad:
