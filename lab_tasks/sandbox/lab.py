@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from lab_tasks import wheelhouse
 from lab_tasks.errors import LabError
 from lab_tasks.sandbox import hosts as hostmod
 from lab_tasks.sandbox import network
@@ -146,8 +147,10 @@ def known_hosts() -> list[LabHost]:
 
 
 def down() -> None:
-    """Stop every host, then remove overlays, cgroups, state, the rules, the bridge and the inventory."""
+    """Stop every host, then remove overlays, cgroups, state, the rules, the bridge and the inventory, and stop
+    the wheelhouse server (it listens on the bridge's address, which goes with the bridge)."""
     require_root()
+    wheelhouse.stop()
     hosts = known_hosts()
     pids = [hostmod.signal_stop(host) for host in hosts]
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:

@@ -11,11 +11,12 @@ import pytest
 import yaml
 from conftest import run_lab, sandbox_was_up
 
+from lab_tasks import wheelhouse
 from lab_tasks.sandbox import hosts as sandbox_hosts
 from lab_tasks.sandbox import lab as sandbox_lab
 from lab_tasks.sandbox import network
 from lab_tasks.sandbox.paths import INVENTORY_FILE, STATE_DIR
-from lab_tasks.topology import group_hosts, topology, vip, vips
+from lab_tasks.topology import group_hosts, ports, topology, vip, vips
 
 
 def pids(hosts) -> dict[str, int | None]:
@@ -133,6 +134,7 @@ def leftovers() -> list[str]:
     found += [str(p) for p in (STATE_DIR, INVENTORY_FILE) if p.exists()]
     found += [str(p) for p in Path("/sys/fs/cgroup").glob("*/**/opslab") if p.is_dir()]
     found += [str(p) for p in Path("/run/systemd/nspawn/propagate").glob("*") if p.name in names]
+    found += [f"wheelhouse server {pid}" for pid in [wheelhouse.running_pid()] if pid]
     return found
 
 
@@ -157,6 +159,9 @@ def links() -> list[str]:
 @pytest.mark.sandbox_last
 def test_down_leaves_nothing_behind(sandbox):
     """A full cycle at the end of the session: down is clean, down again is harmless, up works again."""
+    # The wheelhouse server listens on the bridge's address: down stops it with the bridge.
+    wheelhouse.serve(topology()["network"]["gateway"], ports()["wheelhouse"])
+    assert wheelhouse.running_pid()
     assert run_lab("sandbox", "down").returncode == 0
     assert leftovers() == []
     assert run_lab("sandbox", "down").returncode == 0
