@@ -8,14 +8,20 @@ hits, EOS ignored so every request makes exactly --max-tokens tokens):
 - ours-w8a8: int8 weights times activations rounded to int8 per block of 32 (not weight-only);
 - ours-fp32-torch (plain PyTorch ops) and ours-int8-per-op (kernels called op by op): our baselines;
 - hf-transformers: `generate` on the same (dequantized) weights, float32, loaded with strict key checking;
+- hf-transformers-bf16: the same in bfloat16, HF's fastest dtype on CPUs with AVX512_BF16 or AMX (oneDNN);
+  the targets compare with whichever HF engine was faster;
 - llama-cpp-python: llama.cpp in-process on the GGUF itself (one sequence at a time: batch 1 only).
 Servers are compared with servers by `python -m benchmarks.servers`, over one HTTP client.
 Measured per engine, after an untimed warm-up: TTFT of one --prompt-tokens prompt; batch-1 decode tok/s =
 (tokens - 1) / (last token time - first token time); output tok/s with --concurrency requests together;
 peak RSS; the roofline = read bandwidth / bytes of weights one decode step reads, where the bandwidth is
 the probe's or, if higher, what the fastest decode step demonstrably moved (a roofline never exceeds 100 %).
-Timings are medians over --repeats runs. Writes benchmark.json (with the CPU model and flags and the peers'
-build records) and benchmark.png into --out.
+The ceiling at --concurrency = that bandwidth / the same bytes x --concurrency (one step reads the weights
+once for every sequence in the batch): what memory alone would allow. Timings are medians over --repeats
+runs. Writes benchmark.json (with the CPU model and flags and the peers' build records) and benchmark.png
+into --out.
+--dtype (for GPU runs) runs our engines and hf-transformers in that dtype; hf-transformers-bf16 always runs
+in bfloat16, so under --dtype bfloat16 it would repeat hf-transformers and is skipped when both are asked for.
 """
 from __future__ import annotations
 
@@ -38,9 +44,10 @@ from rich.console import Console
 
 from benchmarks.launchers import PeerError, llama_cpp_python, missing_peers
 from benchmarks.machine import gguf_weight_type, machine, read_bandwidth_gb_s
-from benchmarks.names import HF, LLAMA_CPP_PYTHON, OURS, arithmetic
+from benchmarks.names import HF, HF_BF16, LLAMA_CPP_PYTHON, OURS, arithmetic
 from benchmarks.report import engine_table, engine_targets, plot_engines, targets_lines
 from inference import kernels
+from inference.bench.report import quotient
 
 INT4_GROUP_SIZE = 32  # SmolLM2's GGUF is Q4_1 over groups of 32: int4 g32 re-encodes it losslessly
 
@@ -162,30 +169,57 @@ def _ours_concurrent(engine, prompts: list[list[int]], params, device: str) -> t
 
 # ---- HF transformers ----
 
-def bench_hf(config: BenchConfig) -> EngineResult:
+def bench_hf(config: BenchConfig, variant: str = HF) -> EngineResult:
     from benchmarks.hf_engine import model_from_checkpoint
 
     torch.set_num_threads(config.threads)
-    model = model_from_checkpoint(config.gguf, config.dtype, config.device)
+    model = model_from_checkpoint(config.gguf, hf_dtype(variant, config.dtype), config.device)
     prompts = make_prompts(config.concurrency + 2, config.prompt_tokens, model.config.vocab_size)
     _hf_generate(model, [prompts[-1]], 4, config.device)  # warm-up
-    ttft = statistics.median(_hf_generate(model, [prompts[-2]], 1, config.device) for _ in range(config.repeats))
-    full = statistics.median(_hf_generate(model, [prompts[-2]], config.max_tokens, config.device)
-                             for _ in range(config.repeats))
+    runs = [_hf_single(model, prompts[-2], config.max_tokens, config.device) for _ in range(config.repeats)]
     batch = statistics.median(_hf_generate(model, prompts[:config.concurrency], config.max_tokens, config.device)
                               for _ in range(config.repeats))
-    return EngineResult(HF, ttft * 1000, (config.max_tokens - 1) / (full - ttft),
+    return EngineResult(variant, statistics.median(r[0] for r in runs) * 1000, statistics.median(r[1] for r in runs),
                         config.concurrency * config.max_tokens / batch, _peak_rss_mb(),
                         weight_bytes_per_token(model))
 
 
-def _hf_generate(model, prompts: list[list[int]], new_tokens: int, device: str) -> float:
+def _hf_single(model, prompt: list[int], new_tokens: int, device: str) -> tuple[float, float]:
+    """(TTFT seconds, decode tok/s) of one greedy generate, timed per token as ours is (a separate 1-token
+    generate for the TTFT would make the decode rate the difference of two noisy timings)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    token_times: list[float] = []
+
+    class TimeEachToken(StoppingCriteria):  # generate calls it once per token it appends
+        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+            token_times.append(_sync_time(device))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    start = _sync_time(device)
+    _hf_generate(model, [prompt], new_tokens, device, StoppingCriteriaList([TimeEachToken()]))
+    return token_times[0] - start, (len(token_times) - 1) / (token_times[-1] - token_times[0])
+
+
+def hf_dtype(variant: str, dtype: str) -> str:
+    """hf-transformers runs in --dtype (float32 unless a GPU run asks otherwise); hf-transformers-bf16 in bf16."""
+    return "bfloat16" if variant == HF_BF16 else dtype
+
+
+def repeated_engines(engines: list[str], dtype: str) -> dict[str, str]:
+    """{engine: why} for the engines that would repeat another one's run under this --dtype."""
+    if HF in engines and HF_BF16 in engines and hf_dtype(HF, dtype) == hf_dtype(HF_BF16, dtype):
+        return {HF_BF16: f"--dtype {dtype} runs {HF} in bfloat16 already"}
+    return {}
+
+
+def _hf_generate(model, prompts: list[list[int]], new_tokens: int, device: str, stopping_criteria=None) -> float:
     """Seconds for a greedy batch generate of exactly `new_tokens` tokens (prompts have equal length)."""
     ids = torch.tensor(prompts, device=device)
     start = _sync_time(device)
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, stopping_criteria=stopping_criteria)
     return _sync_time(device) - start
 
 
@@ -227,7 +261,8 @@ def _peak_rss_mb() -> float:
 
 
 RUNNERS = {**{variant: functools.partial(bench_ours, variant=variant) for variant in OURS},
-           HF: bench_hf, LLAMA_CPP_PYTHON: bench_llama_cpp_python}
+           HF: bench_hf, HF_BF16: functools.partial(bench_hf, variant=HF_BF16),
+           LLAMA_CPP_PYTHON: bench_llama_cpp_python}
 
 
 def run_isolated(name: str, config: BenchConfig) -> EngineResult:
@@ -239,7 +274,8 @@ def run_isolated(name: str, config: BenchConfig) -> EngineResult:
 
 
 def summarize(results: list[EngineResult], probe_gb_s: float, config: BenchConfig, skipped: dict[str, str]) -> dict:
-    """The report: each engine with its arithmetic and roofline, the targets, the machine it ran on."""
+    """The report: each engine with its arithmetic, roofline and ceiling at --concurrency, the targets, the
+    machine it ran on."""
     demonstrated = {r.engine: r.decode_tok_s_batch1 * r.weight_bytes_per_token / 1e9 for r in results}
     fastest = max(demonstrated, key=demonstrated.get, default=None)
     bandwidth, source = probe_gb_s, "read probe"
@@ -251,12 +287,14 @@ def summarize(results: list[EngineResult], probe_gb_s: float, config: BenchConfi
     weight_type = gguf_weight_type(config.gguf)
     for result in results:
         roofline = bandwidth * 1e9 / result.weight_bytes_per_token
+        ceiling = None if result.output_tok_s_concurrent is None else roofline * config.concurrency
         computes_in = arithmetic(result.engine, weight_type)
-        if result.engine != LLAMA_CPP_PYTHON and config.dtype != "float32":  # --dtype replaces float32 (GPU runs)
+        if result.engine not in (LLAMA_CPP_PYTHON, HF_BF16) and config.dtype != "float32":  # GPU runs
             computes_in = computes_in.replace("fp32", config.dtype)
-        report["engines"][result.engine] = {**asdict(result), "arithmetic": computes_in,
-                                            "roofline_tok_s_batch1": roofline,
-                                            "fraction_of_roofline": result.decode_tok_s_batch1 / roofline}
+        report["engines"][result.engine] = {
+            **asdict(result), "arithmetic": computes_in, "roofline_tok_s_batch1": roofline,
+            "fraction_of_roofline": result.decode_tok_s_batch1 / roofline, "ceiling_tok_s_concurrent": ceiling,
+            "fraction_of_ceiling_concurrent": quotient(result.output_tok_s_concurrent, ceiling)}
     report["targets"] = engine_targets(report["engines"])
     return report
 
@@ -268,6 +306,7 @@ def run_benchmark(config: BenchConfig, engines: list[str], require_peers: bool, 
     skipped = missing_peers(engines)
     if skipped and require_peers:
         raise BenchmarkError("; ".join(skipped.values()))
+    skipped.update(repeated_engines(engines, config.dtype))
     for name, reason in skipped.items():
         console.print(f"[bold red]SKIPPING {name}[/]: {reason}")
     results = [run_isolated(name, config) for name in engines if name not in skipped]

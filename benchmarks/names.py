@@ -1,6 +1,7 @@
 """One set of names for what the benchmarks compare, and the arithmetic each one runs in.
 
-Engines of ours are `ours-<mode>` in-process and as servers alike; the peers are `hf-transformers`,
+Engines of ours are `ours-<mode>` in-process and as servers alike; the peers are `hf-transformers`
+(float32), `hf-transformers-bf16` (in-process only: HF's fastest dtype on CPUs with AVX512_BF16 or AMX),
 `llama-cpp-python` and `llama-server`. Every table shows `ARITHMETIC` next to the name, so a weight-only
 mode is never read as a peer that also quantizes its activations (llama.cpp's CPU matmuls round the
 activations to 8 bits, like our w8a8).
@@ -16,11 +17,14 @@ OURS = {  # engine name: (quant mode of its build, environment it runs under)
 }
 BASELINES = ("ours-fp32-torch", "ours-int8-per-op")  # our own baselines: never count as ours in the targets
 QUANTIZED = ("ours-int8", "ours-int4", "ours-w8a8")
+OURS_MODES = tuple(name for name in OURS if name not in BASELINES)  # what the targets count as ours
 HF = "hf-transformers"
+HF_BF16 = "hf-transformers-bf16"
+HF_ENGINES = (HF, HF_BF16)  # the targets compare against whichever ran fastest
 LLAMA_CPP_PYTHON = "llama-cpp-python"
 LLAMA_SERVER = "llama-server"
 LLAMA_CPP = (LLAMA_CPP_PYTHON, LLAMA_SERVER)
-PEERS = (HF, *LLAMA_CPP)
+PEERS = (*HF_ENGINES, *LLAMA_CPP)
 
 ARITHMETIC = {
     "ours-fp32": "fp32 weights, fp32 activations",
@@ -30,6 +34,7 @@ ARITHMETIC = {
     "ours-int4": "int4 g32 weights, fp32 activations (weight-only)",
     "ours-w8a8": "int8 weights x int8 activations (w8a8)",
     HF: "fp32 weights (the GGUF dequantized), fp32 activations",
+    HF_BF16: "bf16 weights (the GGUF dequantized), bf16 activations",
     LLAMA_CPP_PYTHON: "GGUF weights as stored, activations rounded to 8 bits in each matmul",
     LLAMA_SERVER: "GGUF weights as stored, activations rounded to 8 bits in each matmul",
 }

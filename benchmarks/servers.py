@@ -12,8 +12,9 @@ model: the servers run in processes of their own, and the offline engine baselin
 same prompts in batches of N) runs in a child process before them. Unique seeded prompts, fixed output
 length with ignore_eos, warm-up excluded, every level bounded by prompt count and wall time. The content
 chunks each server streamed are checked against the token counts it reports in `usage`. Writes JSON
-(with the CPU model and flags and the peers' build records) + plots and prints ours ÷ peer ratios. Peers
-that are not built are skipped loudly (recorded in the JSON), or fail the run with --require-peers or CI=true.
+(with the CPU model and flags and the peers' build records) + plots and prints ours ÷ peer ratios and the
+server targets (benchmarks/report.py TARGETS), each naming the mode served. Peers that are not built are
+skipped loudly (recorded in the JSON), or fail the run with --require-peers or CI=true.
 """
 
 import asyncio

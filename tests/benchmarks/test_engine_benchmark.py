@@ -1,21 +1,23 @@
 """benchmarks.engine runs end to end on a tiny checkpoint (no timing assertions: speed claims belong in its
-JSON), its targets pick the right engines, its roofline never passes 100 %, and the HF baseline refuses a
-checkpoint that does not fill its weights."""
+JSON), its targets compare each mode of ours with the fastest peer in the run, its roofline never passes
+100 %, its ceiling at --concurrency is the roofline times the batch, and the HF baseline refuses a checkpoint
+that does not fill its weights."""
 from __future__ import annotations
 
 import json
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 from tiny_llama import hf_tiny
 
 from benchmarks import engine as benchmark
 from benchmarks.hf_engine import check_keys
-from benchmarks.report import engine_targets
+from benchmarks.report import engine_table, engine_targets, targets_lines
 from inference.tokenizer import Tokenizer
 
 OURS_AND_HF = ["ours-fp32", "ours-fp32-torch", "ours-int8", "ours-int8-per-op", "ours-int4", "ours-w8a8",
-               "hf-transformers"]
+               "hf-transformers", "hf-transformers-bf16"]
 
 
 @pytest.fixture
@@ -42,11 +44,15 @@ def test_benchmark_reports_every_metric_for_every_engine(tiny_run, tmp_path, mon
         result = report["engines"][name]
         assert result["decode_tok_s_batch1"] > 0 and result["output_tok_s_concurrent"] > 0 and result["ttft_ms"] > 0
         assert 0 < result["fraction_of_roofline"] <= 1 + 1e-9  # the bandwidth is never below what a step moved
+        assert result["ceiling_tok_s_concurrent"] == pytest.approx(2 * result["roofline_tok_s_batch1"])
+        assert result["fraction_of_ceiling_concurrent"] > 0
     assert report["engines"]["ours-fp32"]["host_overhead_ms_per_step"] >= 0
     assert "weight-only" in report["engines"]["ours-int8"]["arithmetic"]
     assert "w8a8" in report["engines"]["ours-w8a8"]["arithmetic"]
     fp32_bytes = report["engines"]["ours-fp32"]["weight_bytes_per_token"]
     assert report["engines"]["hf-transformers"]["weight_bytes_per_token"] == fp32_bytes
+    assert report["engines"]["hf-transformers-bf16"]["weight_bytes_per_token"] == fp32_bytes // 2
+    assert report["engines"]["hf-transformers-bf16"]["arithmetic"].startswith("bf16 weights")
     assert report["engines"]["ours-int4"]["weight_bytes_per_token"] < report["engines"]["ours-int8"][
         "weight_bytes_per_token"] < fp32_bytes
     assert report["engines"]["ours-w8a8"]["weight_bytes_per_token"] == report["engines"]["ours-int8"][
@@ -57,6 +63,8 @@ def test_benchmark_reports_every_metric_for_every_engine(tiny_run, tmp_path, mon
     assert (tmp_path / "out" / "benchmark.png").stat().st_size > 0
     targets = report["targets"]
     assert targets["concurrent_vs_hf"]["met"] is not None and targets["concurrent_vs_hf"]["by"].startswith("ours-")
+    assert targets["concurrent_vs_hf"]["versus"] in ("hf-transformers", "hf-transformers-bf16")
+    assert set(targets["concurrent_vs_hf"]["per_engine"]) == {"ours-fp32", "ours-int8", "ours-int4", "ours-w8a8"}
     assert targets["quantized_batch1_vs_llama_cpp_python"]["met"] is None
 
 
@@ -78,22 +86,59 @@ def test_cli_refuses_unknown_engines_and_missing_peers_under_ci(tmp_path, monkey
         assert result.output.startswith("Error: ") and message in result.output
 
 
-def test_targets_compare_the_best_of_ours_with_the_peers():
-    def engine(b1, concurrent, ttft, roofline=0.5):
-        return {"decode_tok_s_batch1": b1, "output_tok_s_concurrent": concurrent, "ttft_ms": ttft,
-                "fraction_of_roofline": roofline}
+def engine(b1, concurrent, ttft, roofline=0.5):
+    return {"decode_tok_s_batch1": b1, "output_tok_s_concurrent": concurrent, "ttft_ms": ttft,
+            "fraction_of_roofline": roofline}
+
+
+def test_targets_compare_each_mode_of_ours_with_the_fastest_peer():
     targets = engine_targets({
         "ours-fp32": engine(30, 200, 150, roofline=0.65), "ours-int8": engine(120, 310, 120),
-        "ours-w8a8": engine(110, 330, 125),
+        "ours-w8a8": engine(180, 330, 125),
         "ours-fp32-torch": engine(20, 900, 10), "ours-int8-per-op": engine(200, 900, 10),  # baselines never count
-        "hf-transformers": engine(13, 66, 222), "llama-cpp-python": engine(117, None, 239)})
-    assert targets["concurrent_vs_hf"]["value"] == pytest.approx(330 / 66)
-    assert targets["concurrent_vs_hf"]["by"] == "ours-w8a8" and targets["concurrent_vs_hf"]["met"] is True
-    assert targets["quantized_batch1_vs_llama_cpp_python"]["value"] == pytest.approx(120 / 117)
-    assert targets["quantized_batch1_vs_llama_cpp_python"]["by"] == "ours-int8"
-    assert targets["fp32_fraction_of_roofline"]["met"] is True
-    assert targets["fp32_fraction_of_roofline"]["by"] == "ours-fp32"
-    assert targets["ttft_vs_llama_cpp_python"]["value"] == pytest.approx(120 / 239)
+        "hf-transformers": engine(13, 66, 222), "hf-transformers-bf16": engine(15, 100, 200),
+        "llama-cpp-python": engine(117, None, 239)})
+    concurrent = targets["concurrent_vs_hf"]
+    assert concurrent["versus"] == "hf-transformers-bf16"  # the faster HF engine at --concurrency
+    assert concurrent["value"] == pytest.approx(3.3) and concurrent["by"] == "ours-w8a8" and concurrent["met"] is True
+    assert list(concurrent["per_engine"]) == ["ours-w8a8", "ours-int8", "ours-fp32"]  # best first, no baselines
+    assert concurrent["per_engine"]["ours-int8"] == {"value": pytest.approx(3.1), "met": True}
+    assert concurrent["per_engine"]["ours-fp32"] == {"value": pytest.approx(2.0), "met": False}
+    batch1 = targets["quantized_batch1_vs_llama_cpp_python"]
+    assert batch1["bound"] == ">= 1.5" and batch1["versus"] == "llama-cpp-python"
+    assert list(batch1["per_engine"]) == ["ours-w8a8", "ours-int8"]  # quantized modes only
+    assert batch1["per_engine"]["ours-int8"] == {"value": pytest.approx(120 / 117), "met": False}  # met at 1.0
+    assert batch1["per_engine"]["ours-w8a8"] == {"value": pytest.approx(180 / 117), "met": True}
+    assert batch1["by"] == "ours-w8a8" and batch1["met"] is True
+    roofline = targets["fp32_fraction_of_roofline"]
+    assert roofline["met"] is True and roofline["by"] == "ours-fp32" and list(roofline["per_engine"]) == ["ours-fp32"]
+    ttft = targets["ttft_vs_llama_cpp_python"]
+    assert list(ttft["per_engine"]) == ["ours-int8", "ours-w8a8", "ours-fp32"]  # lowest first
+    assert ttft["value"] == pytest.approx(120 / 239) and ttft["by"] == "ours-int8"
+    assert ttft["per_engine"]["ours-fp32"] == {"value": pytest.approx(150 / 239), "met": True}
+
+
+def test_targets_take_hf_fp32_when_it_is_the_faster_and_say_what_is_missing():
+    targets = engine_targets({"ours-int8": engine(120, 310, 120), "ours-int4": engine(100, 150, 130),
+                              "hf-transformers": engine(13, 100, 222), "hf-transformers-bf16": engine(15, 90, 200)})
+    assert targets["concurrent_vs_hf"]["versus"] == "hf-transformers"
+    assert targets["concurrent_vs_hf"]["per_engine"]["ours-int4"] == {"value": pytest.approx(1.5), "met": False}
+    batch1 = targets["quantized_batch1_vs_llama_cpp_python"]  # no llama-cpp-python in the run
+    assert batch1["value"] is None and batch1["met"] is None and batch1["by"] == "ours-int8"
+    assert batch1["per_engine"] == {"ours-int8": {"value": None, "met": None}, "ours-int4": {"value": None,
+                                                                                            "met": None}}
+    assert targets["fp32_fraction_of_roofline"]["per_engine"] == {}
+
+
+def test_target_lines_name_the_peer_and_every_mode_with_its_verdict():
+    targets = engine_targets({"ours-int8": engine(120, 186, 120), "ours-w8a8": engine(110, 242, 125),
+                              "hf-transformers": engine(13, 66, 222), "hf-transformers-bf16": engine(15, 100, 200)})
+    lines = targets_lines(targets)
+    assert lines[0].startswith("target concurrent_vs_hf (>= 3, vs hf-transformers-bf16): ours-w8a8 2.42 NOT met, "
+                               "ours-int8 1.86 NOT met, best 2.42 by ours-w8a8 -> NOT met (")
+    assert lines[1].startswith("target quantized_batch1_vs_llama_cpp_python (>= 1.5, vs llama-cpp-python): "
+                               "ours-int8 n/a not measured, ours-w8a8 n/a not measured, best n/a by ours-int8 -> "
+                               "not measured")
 
 
 def test_roofline_bandwidth_is_at_least_what_a_decode_step_moved():
@@ -103,6 +148,52 @@ def test_roofline_bandwidth_is_at_least_what_a_decode_step_moved():
     assert report["read_bandwidth_gb_s"] == pytest.approx(30.0)  # 200 tok/s x 150 MB, above the 20 GB/s probe
     assert report["engines"]["ours-int8"]["fraction_of_roofline"] == pytest.approx(1.0)
     assert "probe read 20.0" in report["bandwidth_source"]
+
+
+def test_ceiling_at_concurrency_is_bandwidth_over_weight_bytes_times_the_batch():
+    config = benchmark.BenchConfig("unused.gguf", concurrency=16)
+    int8 = benchmark.EngineResult("ours-int8", 10.0, 100.0, 400.0, None, weight_bytes_per_token=135_000_000)
+    one_at_a_time = benchmark.EngineResult("llama-cpp-python", 12.0, 90.0, None, None,
+                                           weight_bytes_per_token=90_000_000)
+    report = benchmark.summarize([int8, one_at_a_time], probe_gb_s=20.0, config=config, skipped={})
+    result = report["engines"]["ours-int8"]
+    assert result["ceiling_tok_s_concurrent"] == pytest.approx(20e9 / 135e6 * 16)  # ~2370 tok/s
+    assert result["fraction_of_ceiling_concurrent"] == pytest.approx(400 / (20e9 / 135e6 * 16))
+    assert report["engines"]["llama-cpp-python"]["ceiling_tok_s_concurrent"] is None
+    assert report["engines"]["llama-cpp-python"]["fraction_of_ceiling_concurrent"] is None
+    console = Console(record=True, width=250)
+    console.print(engine_table(report))
+    text = console.export_text()
+    assert "c16 ceiling" in text and "17%" in text  # 400 of ~2370 tok/s
+
+
+def test_hf_bf16_runs_in_bf16_and_is_not_repeated_under_dtype_bfloat16():
+    assert benchmark.hf_dtype("hf-transformers-bf16", "float32") == "bfloat16"
+    assert benchmark.hf_dtype("hf-transformers-bf16", "float16") == "bfloat16"
+    assert benchmark.hf_dtype("hf-transformers", "float16") == "float16"
+    both = ["ours-int8", "hf-transformers", "hf-transformers-bf16"]
+    assert benchmark.repeated_engines(both, "float32") == {}
+    assert benchmark.repeated_engines(both, "float16") == {}
+    assert "runs hf-transformers in bfloat16 already" in benchmark.repeated_engines(both, "bfloat16")[
+        "hf-transformers-bf16"]
+    assert benchmark.repeated_engines(["hf-transformers-bf16"], "bfloat16") == {}  # asked alone: it runs
+    assert "hf-transformers-bf16" in benchmark.RUNNERS
+
+
+def test_run_skips_the_repeated_hf_engine_without_failing_required_peers(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_run(name, config):
+        ran.append((name, config.dtype))
+        return benchmark.EngineResult(name, 10.0, 50.0, 100.0, None, weight_bytes_per_token=1_000_000)
+    monkeypatch.setattr(benchmark, "run_isolated", fake_run)
+    monkeypatch.setattr(benchmark, "read_bandwidth_gb_s", lambda threads, device: 1.0)
+    monkeypatch.setattr(benchmark, "gguf_weight_type", lambda path: None)
+    config = benchmark.BenchConfig("unused.gguf", dtype="bfloat16")
+    report = benchmark.run_benchmark(config, ["hf-transformers", "hf-transformers-bf16"], True, tmp_path)
+    assert ran == [("hf-transformers", "bfloat16")]
+    assert "already" in report["skipped"]["hf-transformers-bf16"]
+    assert report["engines"]["hf-transformers"]["arithmetic"].startswith("bfloat16 weights")
 
 
 def test_hf_baseline_refuses_missing_or_unexpected_weights():

@@ -130,3 +130,27 @@ def test_signal_handlers_come_back_after_a_run():
     with exit_on_signals():
         assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_server_targets_name_the_served_mode_and_compare_the_offline_engine_with_llama_server():
+    from benchmarks.report import server_ratios, targets_lines
+
+    def run(endpoint: str, level: int, tok_s: float, ttft_ms: float) -> dict:
+        return {"endpoint": endpoint, "concurrency": level,
+                "metrics": {"output_throughput": tok_s, "median_ttft_ms": ttft_ms}}
+    runs = [run("ours-w8a8", 1, 90, 20), run("ours-w8a8", 16, 380, 60),
+            run("llama-server", 1, 80, 30), run("llama-server", 16, 200, 150)]
+    offline = [{"concurrency": 1, "output_throughput": 95}, {"concurrency": 16, "output_throughput": 480}]
+    targets = server_ratios(runs, offline, "ours-w8a8")["targets"]
+    assert all(target["by"] == "ours-w8a8" for target in targets.values())
+    assert targets["offline_vs_llama_server_c16"] == {**targets["offline_vs_llama_server_c16"],
+                                                      "value": pytest.approx(2.4), "bound": ">= 2.5", "met": False,
+                                                      "versus": "llama-server"}
+    assert targets["output_throughput_vs_llama_server_c16"]["value"] == pytest.approx(1.9)
+    assert targets["median_ttft_vs_llama_server_c16"]["met"] is True  # 60 / 150 = 0.4
+    assert targets["server_overhead_pct_c16"]["value"] == pytest.approx(100 * (1 - 380 / 480))
+    assert all("per_engine" not in target for target in targets.values())  # one run serves one mode
+    line = next(line for line in targets_lines(targets) if "offline_vs_llama_server_c16" in line)
+    assert line.startswith("target offline_vs_llama_server_c16 (>= 2.5, vs llama-server): best 2.40 by ours-w8a8 "
+                           "-> NOT met")
+    assert server_ratios(runs, [offline[0]], "ours-w8a8")["targets"]["offline_vs_llama_server_c16"]["met"] is None
