@@ -32,14 +32,20 @@ def checkpoint(tmp_path_factory):
     return load_checkpoint(save_tiny_hf(tmp_path_factory.mktemp("tiny"), vocab_size=260, attention_bias=True))
 
 
-# a budget of 4 tokens for 4 sequences makes steps where three decodes and a one-token prefill chunk meet
+# a budget of as many tokens as sequences makes steps where decodes and a one-token prefill chunk meet
 CONFIG = EngineConfig(kv_block_size=4, max_num_batched_tokens=4, max_num_seqs=4, kv_cache_bytes=2**20)
+# more sequences than linear.h's register paths take (its SMALL_M_MAX): the head runs the tiled path, and the
+# W8A8 tiles end in a remainder
+WIDE = EngineConfig(kv_block_size=4, max_num_batched_tokens=12, max_num_seqs=12, kv_cache_bytes=2**21)
+BATCHES = {"4 sequences": (CONFIG, [3, 9, 1, 14, 6, 2]), "12 sequences": (WIDE, [3, 9, 1, 14, 6, 2, 5, 11, 4, 8, 7, 13, 2])}
 
 
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize(("mode", "group_size"), [("none", 32), ("int8", 32), ("int4", 32), ("int4", 64), ("w8a8", 32)])
-def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size):
+def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size, batch):
+    config, prompt_lengths = BATCHES[batch]
     model = quantized_model(checkpoint, QuantConfig(mode, group_size=group_size))
-    fused, plain = LLM.from_model(model, None, CONFIG), LLM.from_model(model, None, CONFIG)
+    fused, plain = LLM.from_model(model, None, config), LLM.from_model(model, None, config)
     plain.engine.runner.fused_decoder = None
     runner, steps = fused.engine.runner, []
     run_fused = runner._run_fused_decode
@@ -49,7 +55,7 @@ def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size):
         return run_fused(chunks)
 
     runner._run_fused_decode = spy
-    prompts = random_prompts([3, 9, 1, 14, 6, 2], vocab=256)
+    prompts = random_prompts(prompt_lengths, vocab=256)
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=3)
     got, want = fused.generate(prompts, params), plain.generate(prompts, params)
     for ours, reference in zip(got, want):
@@ -57,7 +63,7 @@ def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size):
         torch.testing.assert_close([lp.logprob for lp in ours.logprobs], [lp.logprob for lp in reference.logprobs],
                                    rtol=1e-4, atol=1e-4)
         assert [[t for t, _ in lp.top] for lp in ours.logprobs] == [[t for t, _ in lp.top] for lp in reference.logprobs]
-    assert any(count >= 4 for count, _ in steps)  # batched decodes
+    assert any(count >= config.max_num_seqs for count, _ in steps)  # batched decodes
     assert any(sampled < count for count, sampled in steps)  # a one-token prefill chunk rode along
     assert fused.engine.block_manager.num_free_blocks == fused.engine.block_manager.num_blocks
 
