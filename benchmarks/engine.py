@@ -152,6 +152,12 @@ def _ours_single(engine, prompt: list[int], params, device: str) -> tuple[float,
     while engine.has_unfinished():
         if engine.step().outputs:
             token_times.append(_sync_time(device))
+    return ttft_and_decode_rate(start, token_times)
+
+
+def ttft_and_decode_rate(start: float, token_times: list[float]) -> tuple[float, float]:
+    """(TTFT seconds, decode tok/s) of one request from its start and the time each token arrived: the one
+    definition every in-process engine is measured by."""
     return token_times[0] - start, (len(token_times) - 1) / (token_times[-1] - token_times[0])
 
 
@@ -198,7 +204,7 @@ def _hf_single(model, prompt: list[int], new_tokens: int, device: str) -> tuple[
 
     start = _sync_time(device)
     _hf_generate(model, [prompt], new_tokens, device, StoppingCriteriaList([TimeEachToken()]))
-    return token_times[0] - start, (len(token_times) - 1) / (token_times[-1] - token_times[0])
+    return ttft_and_decode_rate(start, token_times)
 
 
 def hf_dtype(variant: str, dtype: str) -> str:
