@@ -22,7 +22,7 @@
  *           x . q per group and applies the group's scale once, plus min * sum(x over the group) from a
  *           per-call table.
  *   M >= 2: each block is decoded once into a per-thread float32 scratch (L1/L2 resident), then multiplied
- *           with x in tiles of MTILE rows: 12 accumulators, FMA-bound. Except INT8 (a scale per row, or
+ *           with x in tiles of MTILE rows: MTILE x ROWS accumulators, FMA-bound. Except INT8 (a scale per row, or
  *           grouped: each group's scale multiplies its decoded weights once for all the rows of x) with
  *           M <= SMALL_M_MAX: there a weight row is decoded in registers once per MSMALL rows of x,
  *           cheaper than the scratch round trip (for F32 nothing needs decoding; INT4's min term makes
@@ -30,7 +30,9 @@
  *   W8A8:   x is quantized once per call (all threads share it); M == 1 walks each row front to back, M >= 2
  *           multiplies int8 rows of W with tiles of MTILE rows of x straight from memory; sums stay int32
  *           to the end of a row.
- * x is processed in panels of at most MPANEL rows, so a panel of x stays in L2 while W streams past it.
+ * x is processed in panels of at most MPANEL rows, so a panel of x stays in L2 while W streams past it. With
+ * two or more rows of x, each block's weights are prefetched PREFETCH_BLOCKS blocks ahead (M == 1 reads a
+ * row front to back, which the hardware prefetcher follows on its own).
  * Loops walk row pointers and whole groups: no per-element index arithmetic in the inner loops.
  */
 #ifndef OPSLAB_LINEAR_H
@@ -45,10 +47,15 @@
 
 #define INLINE static inline __attribute__((always_inline))
 #define ROWS 4
-#define MTILE 3
+#if defined(__AVX512F__)
+#define MTILE 4        /* rows of x per tile: 4 x ROWS accumulators fit AVX-512's 32 registers */
+#else
+#define MTILE 3        /* 3 x ROWS accumulators, the most AVX2's 16 registers hold with the operands */
+#endif
 #define MPANEL 48
 #define MSMALL 4       /* rows of x that share one in-register decode of a weight row */
 #define SMALL_M_MAX 8  /* INT8: up to this many rows of x, decode in registers (MSMALL rows at a time) */
+#define PREFETCH_BLOCKS 2  /* M >= 2: blocks of W requested this far ahead (1 to 4 measured the same) */
 
 enum format { F32 = 0, INT8 = 1, INT4 = 2, W8A8 = 3 };
 #define QBLOCK 32  /* W8A8: values of x per activation scale */
@@ -299,6 +306,7 @@ INLINE void block_tiled(const float *x, int64_t M, int64_t K, const weights_t *w
     int64_t m = 0;
     for (; m + MTILE <= M; m += MTILE)
         tile(x + m * K, MTILE, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
+    if (M - m == 3) tile(x + m * K, 3, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 2) tile(x + m * K, 2, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 1) tile(x + m * K, 1, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
 }
@@ -418,8 +426,8 @@ INLINE void w8a8_block_gemv(const act8_t *xq, int64_t K, const weights_t *w, con
         y[n + r] = w8a8_row_dot(xq, K, w, n + r) + (bias ? bias[n + r] : 0.0f) + (accumulate ? y[n + r] : 0.0f);
 }
 
-/* mrows <= MTILE rows of quantized x (starting at row m) times ROWS rows of W, read in place: 12 int32
- * accumulators, then x's row scales and W's. Called with a literal mrows, so the accumulators stay in
+/* mrows <= MTILE rows of quantized x (starting at row m) times ROWS rows of W, read in place: MTILE x ROWS
+ * int32 accumulators, then x's row scales and W's. Called with a literal mrows, so the accumulators stay in
  * registers. */
 INLINE void w8a8_tile(const act8_t *xq, int64_t m, int mrows, int64_t K, const weights_t *w, const float *bias,
                       int64_t n, float *y, int64_t ldy, int accumulate) {
@@ -473,11 +481,21 @@ INLINE void w8a8_block_tiled(const act8_t *xq, int64_t m0, int64_t M, int64_t K,
                              const float *bias, int64_t n, float *y, int64_t ldy, int accumulate) {
     int64_t m = 0;
     for (; m + MTILE <= M; m += MTILE) w8a8_tile(xq, m0 + m, MTILE, K, w, bias, n, y + m * ldy, ldy, accumulate);
+    if (M - m == 3) w8a8_tile(xq, m0 + m, 3, K, w, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 2) w8a8_tile(xq, m0 + m, 2, K, w, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 1) w8a8_tile(xq, m0 + m, 1, K, w, bias, n, y + m * ldy, ldy, accumulate);
 }
 
 /* ---- one pass over W, specialised per format --------------------------------------------------------- */
+
+/* The bytes of the ROWS weight rows from row n, asked for ahead of use. A block's rows are read side by side
+ * (the tiles walk ROWS rows at once), and a row of a few hundred bytes ends before the hardware prefetcher
+ * has picked its stream up, so without this every block waits on memory. */
+INLINE void prefetch_weight_block(const weights_t *w, int64_t n, int64_t N) {
+    if (n >= N) return;
+    const char *start = (const char *)(w->weight + n * w->row_bytes);
+    for (int64_t offset = 0; offset < ROWS * w->row_bytes; offset += 64) _mm_prefetch(start + offset, _MM_HINT_T0);
+}
 
 /* The rows of W this thread owns, for every panel of x. Called inside a parallel region with a literal
  * format, so each format gets its own fully specialised loop; returns after the threads' closing barrier.
@@ -490,6 +508,7 @@ INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t
         int64_t rows = M - m0 < MPANEL ? M - m0 : MPANEL;
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += ROWS) {
+            if (M >= 2) prefetch_weight_block(w, n + PREFETCH_BLOCKS * ROWS, N);
             if (format == W8A8) {
                 if (M == 1) w8a8_block_gemv(xq, K, w, bias, n, y, accumulate);
                 else w8a8_block_tiled(xq, m0, rows, K, w, bias, n, y + m0 * N, N, accumulate);
