@@ -101,14 +101,23 @@ INLINE void decode_row(const weights_t *w, int format, int64_t row, int64_t K, f
     if (format == F32) {
         for (int64_t k = 0; k < K; k += 8) _mm256_storeu_ps(out + k, _mm256_loadu_ps((const float *)p + k));
     } else if (format == INT8 && !w->groups) {
-        for (int64_t k = 0; k < K; k += 8) _mm256_storeu_ps(out + k, load_int8(p + k));
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        for (; k + 16 <= K; k += 16) _mm512_storeu_ps(out + k, load_int8x16(p + k));
+#endif
+        for (; k < K; k += 8) _mm256_storeu_ps(out + k, load_int8(p + k));
     } else {
         const float *scales = w->scales + row * w->groups, *mins = format == INT4 ? w->mins + row * w->groups : 0;
         for (int64_t g = 0, k0 = 0; k0 < K; g++, k0 += w->group_size) {
             int64_t end = k0 + w->group_size < K ? k0 + w->group_size : K;
             __m256 scale = _mm256_set1_ps(scales[g]);
             if (format == INT8) {
-                for (int64_t k = k0; k < end; k += 8) _mm256_storeu_ps(out + k, _mm256_mul_ps(load_int8(p + k), scale));
+                int64_t k = k0;
+#if defined(__AVX512F__)
+                for (; k + 16 <= end; k += 16)
+                    _mm512_storeu_ps(out + k, _mm512_mul_ps(load_int8x16(p + k), _mm512_set1_ps(scales[g])));
+#endif
+                for (; k < end; k += 8) _mm256_storeu_ps(out + k, _mm256_mul_ps(load_int8(p + k), scale));
             } else {
                 __m256 min = _mm256_set1_ps(mins[g]), q[4];
                 for (int64_t k = k0; k < end; k += 32) {
