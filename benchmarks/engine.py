@@ -290,11 +290,11 @@ def summarize(results: list[EngineResult], probe_gb_s: float, config: BenchConfi
     report = {"config": asdict(config), "machine": machine(), "kernels": kernels.describe(),
               "read_bandwidth_gb_s": bandwidth, "bandwidth_source": source, "probe_gb_s": probe_gb_s,
               "demonstrated_gb_s": demonstrated, "skipped": skipped, "engines": {}}
-    weight_type = gguf_weight_type(config.gguf)
+    weight_type, kernel_path = gguf_weight_type(config.gguf), report["kernels"]["path"]
     for result in results:
         roofline = bandwidth * 1e9 / result.weight_bytes_per_token
         ceiling = None if result.output_tok_s_concurrent is None else roofline * config.concurrency
-        computes_in = arithmetic(result.engine, weight_type)
+        computes_in = arithmetic(result.engine, weight_type, kernel_path)
         if result.engine not in (LLAMA_CPP_PYTHON, HF_BF16) and config.dtype != "float32":  # GPU runs
             computes_in = computes_in.replace("fp32", config.dtype)
         report["engines"][result.engine] = {

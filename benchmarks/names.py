@@ -6,6 +6,7 @@ Engines of ours are `ours-<mode>` in-process and as servers alike; the peers are
 mode is never read as a peer that also quantizes its activations (llama.cpp's CPU matmuls round the
 activations to 8 bits, like our w8a8).
 """
+from inference.kernels import PATHS
 
 OURS = {  # engine name: (quant mode of its build, environment it runs under)
     "ours-fp32": ("none", {}),
@@ -49,7 +50,10 @@ def is_ours(name: str) -> bool:
     return name in OURS
 
 
-def arithmetic(name: str, gguf_type: str | None = None) -> str:
-    """What `name` multiplies in; for the llama.cpp peers, the GGUF's weight type when known."""
+def arithmetic(name: str, gguf_type: str | None = None, kernel_path: str | None = None) -> str:
+    """What `name` multiplies in; for the llama.cpp peers, the GGUF's weight type when known; for our quantized
+    modes on a kernel path with bf16 products, that their int8 output head multiplies in bf16."""
     text = ARITHMETIC[name]
+    if name in QUANTIZED and kernel_path in PATHS and PATHS[kernel_path].bf16_products:
+        text += "; int8 head in bf16 products"
     return text.replace("GGUF weights as stored", f"{gguf_type} weights") if gguf_type and name in LLAMA_CPP else text

@@ -40,6 +40,7 @@ from benchmarks.launchers import (PeerError, free_port, hf_baseline_server, llam
 from benchmarks.machine import gguf_weight_type, machine
 from benchmarks.names import HF, LLAMA_CPP_PYTHON, LLAMA_SERVER, arithmetic, ours
 from benchmarks.report import plot_servers, ratio_table, server_ratios, servers_table, targets_lines
+from inference import kernels
 from inference.bench.client import Endpoint, RequestOptions
 from inference.bench.dataset import BenchPrompt, prompt_stream
 from inference.bench.load import Load, benchmark_endpoint
@@ -218,9 +219,10 @@ def run_comparison(plan: Plan, require_peers: bool) -> dict:
         raise CompareError("no server ran (all skipped); build the peers with scripts/build-peers.sh or add ours")
     weight_type = gguf_weight_type(plan.gguf) if plan.gguf else None
     names = [plan.name(server) for server in plan.servers]
+    kernel_info = kernels.describe()  # our server runs the path this process would choose (same CPU, same env)
     document = {"created": time.time(), "config": plan.as_json(), "machine": machine(), "skipped": skipped,
-                "ours": plan.name(OURS) if OURS in plan.servers else None,
-                "arithmetic": {name: arithmetic(name, weight_type) for name in names},
+                "ours": plan.name(OURS) if OURS in plan.servers else None, "kernels": kernel_info,
+                "arithmetic": {name: arithmetic(name, weight_type, kernel_info["path"]) for name in names},
                 "runs": runs, "offline": offline}
     document.update(server_ratios(runs, offline, document["ours"]))
     return document

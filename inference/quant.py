@@ -14,7 +14,9 @@ The output head (also when it is tied to the embedding) is stored as int8 with o
 (GGUF's Q8_0 code) in every mode unless `quantize_head` is off: it is a fifth of SmolLM2's weights and
 every decode step reads all of it; SmolLM2's embedding is Q8_0 already, so this loses nothing there. The
 head keeps float activations in w8a8 too (int8 ones cost SmolLM2 about a point of top-1 agreement and
-saved ~1.5 % of a decode step).
+saved ~1.5 % of a decode step). On CPUs with AVX512_BF16 the kernels multiply the head in bf16 (x and the
+decoded weights rounded to bf16, sums in float32): twice the products per instruction, and SmolLM2's top-1
+agreement and perplexity stay within their noise (docs/performance.md).
 Run time: `convert_for_runtime` swaps those nn.Linear modules for Int8Linear / Int4Linear. On a CPU with
 float32 activations they run the fused AVX2 kernel (inference/kernels), which decodes the weights inside
 the matmul (in w8a8: quantizes the activations and multiplies int8 by int8); elsewhere they dequantize to

@@ -11,11 +11,12 @@
 All parallelise with the OpenMP runtime torch uses (libgomp is loaded by torch first, so they share one
 thread pool).
 
-The same sources are compiled once per instruction-set path (PATHS): "avx2" (AVX2 + FMA + F16C) and
-"avx512" (that plus AVX-512 F/BW/VL/DQ and VNNI; the headers select wider code with `#if defined(__AVX512F__)`).
+The same sources are compiled once per instruction-set path (PATHS): "avx2" (AVX2 + FMA + F16C), "avx512"
+(that plus AVX-512 F/BW/VL/DQ and VNNI; the headers select wider code with `#if defined(__AVX512F__)`) and
+"avx512bf16" (that plus AVX512_BF16: the output head's products in bf16, see linear.h).
 Each path is its own shared library, so no instruction leaks into a path whose CPU check did not pass, and
 nothing is built with -march=native. The path is chosen at run time from /proc/cpuinfo (the widest the CPU
-has); OPSLAB_CPU_PATH=avx2|avx512 forces one the CPU supports (both can be loaded side by side in one
+has); OPSLAB_CPU_PATH=avx2|avx512|avx512bf16 forces one the CPU supports (all can be loaded side by side in one
 process: tests and benchmarks compare them that way). `describe()` names the path, the CPU and its flags.
 AMX (tile) code is not written yet: `describe()` reports whether the CPU has AMX and the kernel grants it.
 
@@ -48,17 +49,24 @@ LIBS = ("-lm",)
 
 @dataclass(frozen=True)
 class CpuPath:
-    """One build of the kernels: the compiler's instruction-set flags and the CPU flags they need."""
+    """One build of the kernels: the compiler's instruction-set flags and the CPU flags they need.
+    `bf16_products`: grouped int8 weights (the output head) meet x in bf16 products at more than
+    SMALL_M_MAX rows (linear.h), float32 elsewhere."""
     name: str
     compiler_flags: tuple[str, ...]
     cpu_flags: tuple[str, ...]
+    bf16_products: bool = False
 
 
 _AVX2 = CpuPath("avx2", ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma", "f16c"))
 _AVX512 = CpuPath("avx512", _AVX2.compiler_flags + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
                                                     "-mavx512vnni"),
                   _AVX2.cpu_flags + ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"))
-PATHS = {path.name: path for path in (_AVX512, _AVX2)}  # widest first: the order the run-time choice tries
+_AVX512_BF16 = CpuPath("avx512bf16", _AVX512.compiler_flags + ("-mavx512bf16",), _AVX512.cpu_flags + ("avx512_bf16",),
+                       bf16_products=True)
+# widest first: the order the run-time choice tries
+PATHS = {path.name: path for path in (_AVX512_BF16, _AVX512, _AVX2)}
+SMALL_M_MAX = 8  # linear.h: up to this many rows, grouped int8 decodes in registers (float32 products)
 PATH_ENV = "OPSLAB_CPU_PATH"
 AMX_CPU_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 FORMATS = {"float32": 0, "int8": 1, "int4": 2, "w8a8": 3}

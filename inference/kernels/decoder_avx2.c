@@ -57,7 +57,7 @@ static inline void linear(const float *x, int64_t M, const linear_desc *L, float
     int64_t K = L->in_features, N = L->out_features;
     switch (L->format) {
     case F32: run(x, M, K, N, &w, F32, L->bias, y, scratch, NULL, accumulate); break;
-    case INT8: run(x, M, K, N, &w, INT8, L->bias, y, scratch, NULL, accumulate); break;
+    case INT8: run(x, M, K, N, &w, INT8, L->bias, y, scratch, xq, accumulate); break;
     case W8A8: run(x, M, K, N, &w, W8A8, L->bias, y, NULL, xq, accumulate); break;
     default:
         if (M == 1) {

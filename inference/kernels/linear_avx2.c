@@ -31,13 +31,13 @@ int opslab_linear(const float *x, int64_t M, int64_t K, int64_t N, int format, c
     weights_t w = {weight, row_bytes, scales, mins, groups, group_size, NULL};
     float *scratch = NULL, *xsum = NULL;
     act8_t xq = {NULL, NULL, NULL, NULL};
-    if (format == W8A8) {  /* one allocation: row scales, multipliers, values, magnitudes */
+    if (format == W8A8 || bf16_tiles(format, &w)) {  /* one allocation: row scales, multipliers, values, magnitudes */
         if (!(xq.row_scales = malloc((size_t)M * (sizeof(float) + K / QBLOCK * sizeof(int16_t) + 2 * K)))) return -1;
         xq.multipliers = (int16_t *)(xq.row_scales + M);
         xq.values = (int8_t *)(xq.multipliers + M * (K / QBLOCK));
         xq.magnitudes = xq.values + M * K;
     }
-    if (M >= 2 && format != F32 && format != W8A8) {
+    if ((M >= 2 && format != F32 && format != W8A8) || bf16_tiles(format, &w)) {
         size_t bytes = ((size_t)omp_get_max_threads() * ROWS * K * sizeof(float) + 63) / 64 * 64;
         if (!(scratch = aligned_alloc(64, bytes))) return -1;
     }
@@ -47,7 +47,7 @@ int opslab_linear(const float *x, int64_t M, int64_t K, int64_t N, int format, c
         w.xsum = xsum;
     }
     if (format == F32) run_f32(x, M, K, N, &w, bias, y, scratch, NULL);
-    else if (format == INT8) run_int8(x, M, K, N, &w, bias, y, scratch, NULL);
+    else if (format == INT8) run_int8(x, M, K, N, &w, bias, y, scratch, &xq);
     else if (format == INT4) run_int4(x, M, K, N, &w, bias, y, scratch, NULL);
     else run_w8a8(x, M, K, N, &w, bias, y, NULL, &xq);
     free(xq.row_scales);

@@ -14,6 +14,7 @@ from tiny_llama import hf_tiny
 from benchmarks import engine as benchmark
 from benchmarks.hf_engine import check_keys
 from benchmarks.report import engine_table, engine_targets, targets_lines
+from inference import kernels
 from inference.tokenizer import Tokenizer
 
 OURS_AND_HF = ["ours-fp32", "ours-fp32-torch", "ours-int8", "ours-int8-per-op", "ours-int4", "ours-w8a8",
@@ -49,6 +50,10 @@ def test_benchmark_reports_every_metric_for_every_engine(tiny_run, tmp_path, mon
     assert report["engines"]["ours-fp32"]["host_overhead_ms_per_step"] >= 0
     assert "weight-only" in report["engines"]["ours-int8"]["arithmetic"]
     assert "w8a8" in report["engines"]["ours-w8a8"]["arithmetic"]
+    head_in_bf16 = bool(report["kernels"]["path"]) and kernels.PATHS[report["kernels"]["path"]].bf16_products
+    for name in ("ours-int8", "ours-w8a8", "ours-int4", "ours-fp32"):  # the fp32 head stays float32
+        assert ("int8 head in bf16 products" in report["engines"][name]["arithmetic"]) == (
+            head_in_bf16 and name != "ours-fp32"), name
     fp32_bytes = report["engines"]["ours-fp32"]["weight_bytes_per_token"]
     assert report["engines"]["hf-transformers"]["weight_bytes_per_token"] == fp32_bytes
     assert report["engines"]["hf-transformers-bf16"]["weight_bytes_per_token"] == fp32_bytes // 2

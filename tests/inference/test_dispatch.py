@@ -46,11 +46,14 @@ def test_path_runs_on_this_cpu_or_is_reported_not_exercised(path, monkeypatch):
     torch.testing.assert_close(kernels.linear(x, "float32", weight, 8), F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
 
-def test_the_widest_supported_path_is_chosen(monkeypatch):
+@pytest.mark.parametrize(("widest", "supported"), [("avx512bf16", ["avx512bf16", "avx512", "avx2"]),
+                                                   ("avx512", ["avx512", "avx2"])])
+def test_the_widest_supported_path_is_chosen(monkeypatch, widest, supported):
+    """An AVX-512 CPU with BF16 (Zen 4/5, Sapphire Rapids) and one without it (Skylake-SP, Ice Lake)."""
     monkeypatch.delenv(kernels.PATH_ENV, raising=False)
-    monkeypatch.setattr(kernels, "_cpu_info", lambda: ("Test CPU 5000", frozenset(kernels.PATHS["avx512"].cpu_flags)))
-    assert kernels.supported_paths() == ["avx512", "avx2"]
-    assert kernels.chosen_path() == "avx512"
+    monkeypatch.setattr(kernels, "_cpu_info", lambda: ("Test CPU 5000", frozenset(kernels.PATHS[widest].cpu_flags)))
+    assert kernels.supported_paths() == supported
+    assert kernels.chosen_path() == widest
 
 
 def test_an_avx2_cpu_runs_the_avx2_path(monkeypatch, avx2_only_cpu):
@@ -70,7 +73,7 @@ def test_forcing_a_path_the_cpu_lacks_is_an_error_naming_the_cpu_and_the_flags(m
 
 def test_an_unknown_path_is_refused_with_the_choices(monkeypatch):
     monkeypatch.setenv(kernels.PATH_ENV, "sse2")
-    with pytest.raises(kernels.CpuPathError, match="choose one of avx512, avx2"):
+    with pytest.raises(kernels.CpuPathError, match="choose one of avx512bf16, avx512, avx2"):
         kernels.chosen_path()
 
 
@@ -83,8 +86,9 @@ def test_a_cpu_without_avx2_has_no_path(monkeypatch):
 
 @pytest.mark.parametrize("path", kernels.PATHS)
 def test_each_library_holds_only_its_own_paths_instructions(path):
-    """The avx2 library has no 512-bit register or mask-register use at all; the avx512 one does (its wide code
-    is there). Building does not need the CPU, so both are checked on every machine."""
+    """The avx2 library has no 512-bit register or mask-register use at all; the avx512 ones do (their wide code
+    is there), and only the avx512bf16 one holds bf16 dot products. Building does not need the CPU, so all are
+    checked on every machine."""
     objdump = shutil.which("objdump")
     if objdump is None:
         if os.environ.get("CI") == "true":
@@ -98,6 +102,7 @@ def test_each_library_holds_only_its_own_paths_instructions(path):
         assert wide == []
     else:
         assert "vpdpwssd" in disassembly and any(name.startswith("%zmm") for name in wide)
+    assert ("vdpbf16ps" in disassembly) == kernels.PATHS[path].bf16_products
 
 
 def test_amx_probe_reports_a_cpu_without_amx(avx2_only_cpu):

@@ -42,8 +42,12 @@ BATCHES = {"4 sequences": (CONFIG, [3, 9, 1, 14, 6, 2]), "12 sequences": (WIDE, 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize(("mode", "group_size"), [("none", 32), ("int8", 32), ("int4", 32), ("int4", 64), ("w8a8", 32)])
-def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size, batch):
+def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size, batch, cpu_path):
+    """Log-probabilities to 1e-4, except where the int8 output head multiplies in bf16 (a path with bf16 products,
+    every quantized mode): the two paths' hidden states differ in the last float32 bits, which now and then
+    round a value of x to the neighbouring bf16 and move a logit by ~1e-3."""
     config, prompt_lengths = BATCHES[batch]
+    tolerance = 1e-2 if mode != "none" and cpu_path and kernels.PATHS[cpu_path].bf16_products else 1e-4
     model = quantized_model(checkpoint, QuantConfig(mode, group_size=group_size))
     fused, plain = LLM.from_model(model, None, config), LLM.from_model(model, None, config)
     plain.engine.runner.fused_decoder = None
@@ -61,7 +65,7 @@ def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size, 
     for ours, reference in zip(got, want):
         assert ours.token_ids == reference.token_ids
         torch.testing.assert_close([lp.logprob for lp in ours.logprobs], [lp.logprob for lp in reference.logprobs],
-                                   rtol=1e-4, atol=1e-4)
+                                   rtol=tolerance, atol=tolerance)
         assert [[t for t, _ in lp.top] for lp in ours.logprobs] == [[t for t, _ in lp.top] for lp in reference.logprobs]
     assert any(count >= config.max_num_seqs for count, _ in steps)  # batched decodes
     assert any(sampled < count for count, sampled in steps)  # a one-token prefill chunk rode along

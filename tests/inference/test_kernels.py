@@ -49,16 +49,25 @@ def _decoded(fmt: str, weight: torch.Tensor, group_size: int | None):
 @pytest.mark.parametrize(("fmt", "group_size"), [("float32", None), ("int8", None), ("int8", 32),
                                                  ("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias):
+def test_kernel_equals_pytorch_on_the_decoded_weights(fmt, group_size, bias, cpu_path):
+    """On a path with bf16 products, grouped int8 (the output head's format) multiplies x and the decoded weights
+    rounded to bf16, at every row count: compared with PyTorch on the same rounded values."""
     torch.manual_seed(0)
     out_features, in_features = 36, 576  # 576 = 4.5 groups of 128: the int4 rows are padded
     weight = torch.randn(out_features, in_features) * 0.05
     b = torch.randn(out_features) if bias else None
     args, stored, decoded = _decoded(fmt, weight, group_size)
+    in_bf16 = fmt == "int8" and group_size is not None and cpu_path and kernels.PATHS[cpu_path].bf16_products
     for rows in ROW_COUNTS:
         x = torch.randn(rows, in_features)
         got = kernels.linear(x, fmt, stored, out_features, b, **args)
-        torch.testing.assert_close(got, F.linear(x, decoded, b), rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
+        want = F.linear(_bf16(x), _bf16(decoded), b) if in_bf16 else F.linear(x, decoded, b)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=f"{rows} rows")
+
+
+def _bf16(values: torch.Tensor) -> torch.Tensor:
+    """Rounded to bf16 (to nearest even, as the kernel's conversion rounds) and back to float32."""
+    return values.bfloat16().float()
 
 
 @pytest.mark.parametrize("fmt", ["float32", "int8"])
