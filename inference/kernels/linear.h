@@ -32,9 +32,9 @@
  *           to the end of a row.
  *   bf16:   on the avx512bf16 path, grouped INT8 (the output head) at every M: x rounded to bf16 once per
  *           call, each block decoded into bf16 scratch, tiles of vdpbf16ps (see bf16_tiles).
- * x is processed in panels of at most MPANEL rows, so a panel of x stays in L2 while W streams past it. With
- * two or more rows of x, each block's weights are prefetched PREFETCH_BLOCKS blocks ahead (M == 1 reads a
- * row front to back, which the hardware prefetcher follows on its own).
+ * x is processed in panels of at most MPANEL rows, so a panel of x stays in L2 while W streams past it. The
+ * tiled paths ask for the weights PREFETCH_BLOCKS blocks ahead (see prefetch_row; M == 1 and the in-register
+ * INT8 path read a row front to back, which the hardware prefetcher follows on its own).
  * Loops walk row pointers and whole groups: no per-element index arithmetic in the inner loops.
  */
 #ifndef OPSLAB_LINEAR_H
@@ -57,7 +57,7 @@
 #define MPANEL 48
 #define MSMALL 4       /* rows of x that share one in-register decode of a weight row */
 #define SMALL_M_MAX 8  /* INT8: up to this many rows of x, decode in registers (MSMALL rows at a time) */
-#define PREFETCH_BLOCKS 2  /* M >= 2: blocks of W requested this far ahead (1 to 4 measured the same) */
+#define PREFETCH_BLOCKS 2  /* tiled paths: blocks of W requested this far ahead (1 to 4 measured the same) */
 
 enum format { F32 = 0, INT8 = 1, INT4 = 2, W8A8 = 3 };
 #define QBLOCK 32  /* W8A8: values of x per activation scale */
@@ -285,6 +285,17 @@ INLINE void block_int8_small(const float *x, int64_t M, int64_t K, const weights
     }
 }
 
+/* Row `row` of W asked for ahead of use (nothing past the last row N - 1). A block's rows are read side by side
+ * (the tiles walk ROWS rows at once), and a row of a few hundred bytes ends before the hardware prefetcher has
+ * picked its stream up, so without this every block waits on memory. Blocks ask for the block PREFETCH_BLOCKS
+ * on, a row at a time between their own rows' work: a whole block's lines at once fill the line buffers and
+ * stall. */
+INLINE void prefetch_row(const weights_t *w, int64_t row, int64_t N) {
+    if (row >= N) return;
+    const char *start = (const char *)(w->weight + row * w->row_bytes);
+    for (int64_t offset = 0; offset < w->row_bytes; offset += 64) _mm_prefetch(start + offset, _MM_HINT_T0);
+}
+
 /* ---- M > SMALL_M_MAX: decode once into scratch, then an fp32 micro-kernel -------------------------------------- */
 
 /* One k step of the tile at one vector width (VEC, LOAD and FMA name its type and intrinsics): the mrows rows
@@ -366,10 +377,14 @@ INLINE void tile_bf16(const uint16_t *x, int mrows, int64_t K, const uint16_t *b
 }
 
 INLINE void block_tiled_bf16(const uint16_t *x, int64_t M, int64_t K, const weights_t *w, const float *bias,
-                             int64_t n, float *y, int64_t ldy, uint16_t *scratch, int accumulate) {
-    for (int r = 0; r < ROWS; r++) decode_row_bf16(w, n + r, K, scratch + r * K);
+                             int64_t n, int64_t N, float *y, int64_t ldy, uint16_t *scratch, int accumulate) {
+    for (int r = 0; r < ROWS; r++) {
+        prefetch_row(w, n + PREFETCH_BLOCKS * ROWS + r, N);
+        decode_row_bf16(w, n + r, K, scratch + r * K);
+    }
     int64_t m = 0;
-    for (; m + MTILE <= M; m += MTILE) tile_bf16(x + m * K, MTILE, K, scratch, w, bias, n, y + m * ldy, ldy, accumulate);
+    for (; m + MTILE <= M; m += MTILE)
+        tile_bf16(x + m * K, MTILE, K, scratch, w, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 3) tile_bf16(x + m * K, 3, K, scratch, w, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 2) tile_bf16(x + m * K, 2, K, scratch, w, bias, n, y + m * ldy, ldy, accumulate);
     if (M - m == 1) tile_bf16(x + m * K, 1, K, scratch, w, bias, n, y + m * ldy, ldy, accumulate);
@@ -377,10 +392,12 @@ INLINE void block_tiled_bf16(const uint16_t *x, int64_t M, int64_t K, const weig
 #endif
 
 INLINE void block_tiled(const float *x, int64_t M, int64_t K, const weights_t *w, int format, const float *bias,
-                        int64_t n, float *y, int64_t ldy, float *scratch, int accumulate) {
-    const float *block = scratch;
-    if (format == F32) block = (const float *)(w->weight + n * w->row_bytes);  /* already float32 rows */
-    else for (int r = 0; r < ROWS; r++) decode_row(w, format, n + r, K, scratch + r * K);
+                        int64_t n, int64_t N, float *y, int64_t ldy, float *scratch, int accumulate) {
+    const float *block = format == F32 ? (const float *)(w->weight + n * w->row_bytes) : scratch;  /* F32: as is */
+    for (int r = 0; r < ROWS; r++) {
+        prefetch_row(w, n + PREFETCH_BLOCKS * ROWS + r, N);
+        if (format != F32) decode_row(w, format, n + r, K, scratch + r * K);
+    }
     int64_t m = 0;
     for (; m + MTILE <= M; m += MTILE)
         tile(x + m * K, MTILE, K, block, w, format, bias, n, y + m * ldy, ldy, accumulate);
@@ -508,7 +525,7 @@ INLINE void w8a8_block_gemv(const act8_t *xq, int64_t K, const weights_t *w, con
  * int32 accumulators, then x's row scales and W's. Called with a literal mrows, so the accumulators stay in
  * registers. */
 INLINE void w8a8_tile(const act8_t *xq, int64_t m, int mrows, int64_t K, const weights_t *w, const float *bias,
-                      int64_t n, float *y, int64_t ldy, int accumulate) {
+                      int64_t n, float *y, int64_t ldy, int accumulate, const int8_t *ahead) {
     const int8_t *p = (const int8_t *)(w->weight + n * w->row_bytes);
     const int8_t *values = xq->values + m * K, *magnitudes = xq->magnitudes + m * K;
     const int64_t blocks = K / QBLOCK;
@@ -531,6 +548,7 @@ INLINE void w8a8_tile(const act8_t *xq, int64_t m, int mrows, int64_t K, const w
         }
         for (int r = 0; r < ROWS; r++) {
             __m512i wv = _mm512_loadu_si512(p + r * w->row_bytes + k);
+            if (ahead) _mm_prefetch((const char *)(ahead + r * w->row_bytes + k), _MM_HINT_T0);
             for (int i = 0; i < mrows; i++)
                 wide[i][r] = block_dot2(wide[i][r], magnitude[i], negative[i], wv, multiplier[i]);
         }
@@ -543,6 +561,7 @@ INLINE void w8a8_tile(const act8_t *xq, int64_t m, int mrows, int64_t K, const w
         for (int i = 0; i < mrows; i++) multiplier[i] = _mm256_set1_epi16(multipliers[i * blocks + b]);
         for (int r = 0; r < ROWS; r++) {
             __m256i wv = _mm256_loadu_si256((const __m256i *)(p + r * w->row_bytes + k));
+            if (ahead && (k & 63) == 0) _mm_prefetch((const char *)(ahead + r * w->row_bytes + k), _MM_HINT_T0);
             for (int i = 0; i < mrows; i++)
                 acc[i][r] = _mm256_add_epi32(acc[i][r], block_dot(magnitudes + i * K + k, values + i * K + k, wv,
                                                                   multiplier[i]));
@@ -556,24 +575,19 @@ INLINE void w8a8_tile(const act8_t *xq, int64_t m, int mrows, int64_t K, const w
 }
 
 INLINE void w8a8_block_tiled(const act8_t *xq, int64_t m0, int64_t M, int64_t K, const weights_t *w,
-                             const float *bias, int64_t n, float *y, int64_t ldy, int accumulate) {
+                             const float *bias, int64_t n, int64_t N, float *y, int64_t ldy, int accumulate) {
     int64_t m = 0;
-    for (; m + MTILE <= M; m += MTILE) w8a8_tile(xq, m0 + m, MTILE, K, w, bias, n, y + m * ldy, ldy, accumulate);
-    if (M - m == 3) w8a8_tile(xq, m0 + m, 3, K, w, bias, n, y + m * ldy, ldy, accumulate);
-    if (M - m == 2) w8a8_tile(xq, m0 + m, 2, K, w, bias, n, y + m * ldy, ldy, accumulate);
-    if (M - m == 1) w8a8_tile(xq, m0 + m, 1, K, w, bias, n, y + m * ldy, ldy, accumulate);
+    /* the first tile asks for the block PREFETCH_BLOCKS on, a line per row per step (see prefetch_row) */
+    int64_t next = n + PREFETCH_BLOCKS * ROWS;
+    const int8_t *ahead = next < N ? (const int8_t *)(w->weight + next * w->row_bytes) : NULL;
+    for (; m + MTILE <= M; m += MTILE, ahead = NULL)
+        w8a8_tile(xq, m0 + m, MTILE, K, w, bias, n, y + m * ldy, ldy, accumulate, ahead);
+    if (M - m == 3) w8a8_tile(xq, m0 + m, 3, K, w, bias, n, y + m * ldy, ldy, accumulate, ahead);
+    if (M - m == 2) w8a8_tile(xq, m0 + m, 2, K, w, bias, n, y + m * ldy, ldy, accumulate, ahead);
+    if (M - m == 1) w8a8_tile(xq, m0 + m, 1, K, w, bias, n, y + m * ldy, ldy, accumulate, ahead);
 }
 
 /* ---- one pass over W, specialised per format --------------------------------------------------------- */
-
-/* The bytes of the ROWS weight rows from row n, asked for ahead of use. A block's rows are read side by side
- * (the tiles walk ROWS rows at once), and a row of a few hundred bytes ends before the hardware prefetcher
- * has picked its stream up, so without this every block waits on memory. */
-INLINE void prefetch_weight_block(const weights_t *w, int64_t n, int64_t N) {
-    if (n >= N) return;
-    const char *start = (const char *)(w->weight + n * w->row_bytes);
-    for (int64_t offset = 0; offset < ROWS * w->row_bytes; offset += 64) _mm_prefetch(start + offset, _MM_HINT_T0);
-}
 
 /* The rows of W this thread owns, for every panel of x. Called inside a parallel region with a literal
  * format, so each format gets its own fully specialised loop; returns after the threads' closing barrier.
@@ -590,22 +604,22 @@ INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t
         int64_t rows = M - m0 < MPANEL ? M - m0 : MPANEL;
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += ROWS) {
-            if (M >= 2 || x_bf16) prefetch_weight_block(w, n + PREFETCH_BLOCKS * ROWS, N);
 #if BF16_TILES
             if (x_bf16) {
-                block_tiled_bf16(x_bf16 + m0 * K, rows, K, w, bias, n, y + m0 * N, N, (uint16_t *)scratch, accumulate);
+                block_tiled_bf16(x_bf16 + m0 * K, rows, K, w, bias, n, N, y + m0 * N, N, (uint16_t *)scratch,
+                                 accumulate);
                 continue;
             }
 #endif
             if (format == W8A8) {
                 if (M == 1) w8a8_block_gemv(xq, K, w, bias, n, y, accumulate);
-                else w8a8_block_tiled(xq, m0, rows, K, w, bias, n, y + m0 * N, N, accumulate);
+                else w8a8_block_tiled(xq, m0, rows, K, w, bias, n, N, y + m0 * N, N, accumulate);
             } else if (M == 1) block_gemv(x, K, w, format, bias, n, y, accumulate);
             else if (format == INT8 && M <= SMALL_M_MAX && w->groups)
                 block_int8_small(x, M, K, w, bias, n, y, N, accumulate, 1);
             else if (format == INT8 && M <= SMALL_M_MAX)
                 block_int8_small(x, M, K, w, bias, n, y, N, accumulate, 0);
-            else block_tiled(x + m0 * K, rows, K, w, format, bias, n, y + m0 * N, N, scratch, accumulate);
+            else block_tiled(x + m0 * K, rows, K, w, format, bias, n, N, y + m0 * N, N, scratch, accumulate);
         }
     }
 }
