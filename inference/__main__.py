@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from inference.config import DTYPES
+from inference.config import DTYPES, KV_CACHE_DTYPES
 from inference.quant import GROUP_SIZES, QUANT_MODES
 
 PROG = "python -m inference"
@@ -44,6 +44,8 @@ def cli() -> None:
 @click.option("--max-model-len", type=int, help="Longest prompt + output, in tokens.")
 @click.option("--kv-cache-memory-fraction", type=float, help="Share of free memory for the KV cache.")
 @click.option("--kv-cache-bytes", type=int, help="KV cache size in bytes (excludes --kv-cache-memory-fraction).")
+@click.option("--kv-cache-dtype", type=click.Choice(KV_CACHE_DTYPES),
+              help="KV cache dtype [default: auto: float16 for a float32 model on the CPU, else the model's].")
 def build(model: Path, output: Path, dtype: str, quant: str, group_size: str, full_precision_head: bool,
           lora: Path | None, **runtime) -> None:
     from inference.build import RUNTIME_KEYS, build_engine

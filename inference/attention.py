@@ -7,8 +7,10 @@ queries attend to every key of their sequence, gathered through the sequence's b
 
 Sequences are grouped so that each group is ONE padded `scaled_dot_product_attention` call: all decodes
 (1 query each) together, all prefill chunks together. Padding queries repeat the last real query and are
-dropped afterwards; padding keys are masked out. On a CPU with float32 caches the decode group instead
-runs the fused kernel (inference/kernels), which reads keys and values in place through the block tables.
+dropped afterwards; padding keys are masked out. The cache may hold a narrower dtype than the queries
+(EngineConfig.kv_cache_dtype): keys and values are stored rounded to it and widened when read. On a CPU
+with float32 queries and a float32 or float16 cache the decode group instead runs the fused kernel
+(inference/kernels), which reads keys and values in place through the block tables.
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache:
             kernels.paged_decode_attention(q, group.flat_index, kv_cache, group.block_tables, group.context_lens,
                                            group.num_keys, out)
             continue
-        keys, values = _group_keys(group, k, v, kv_cache)  # [G, kv_heads, K, head_dim]
+        keys, values = (t.to(q.dtype) for t in _group_keys(group, k, v, kv_cache))  # [G, kv_heads, K, head_dim]
         queries = q[group.token_index].transpose(1, 2)  # [G, heads, Q, head_dim]
         attended = _sdpa(queries, keys, values, group.mask, gqa)
         attended = attended.transpose(1, 2).flatten(0, 1)  # [G*Q, heads, head_dim]

@@ -32,7 +32,7 @@ from inference.tokenizer import Tokenizer
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 RUNTIME_KEYS = ("max_num_seqs", "max_num_batched_tokens", "kv_block_size", "kv_cache_memory_fraction",
-                "kv_cache_bytes", "max_model_len")
+                "kv_cache_bytes", "kv_cache_dtype", "max_model_len")
 QUANT_METADATA = (".scales", ".mins")  # kept in the dtype quantization chose
 FORMAT_VERSION = 2  # 2: int4 block-32 nibble layout, int8 output head
 

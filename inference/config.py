@@ -11,6 +11,7 @@ from typing import Any
 
 ROPE_SCALING_TYPES = ("llama3", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
+KV_CACHE_DTYPES = ("auto", *DTYPES)
 
 # What the sampler can take: torch.Generator.manual_seed reads a seed as a signed or unsigned 64-bit integer;
 # token counts and top_k become int32/int64 tensors; a stop string is searched in the text after every token.
@@ -109,7 +110,9 @@ class EngineConfig:
 
     The KV budget is `kv_cache_bytes` when set, otherwise `kv_cache_memory_fraction` of the memory that is
     free at start-up (host RAM on CPU, device memory on CUDA). The cache never grows beyond what
-    `max_num_seqs` sequences of `max_model_len` tokens can use.
+    `max_num_seqs` sequences of `max_model_len` tokens can use. `kv_cache_dtype` "auto" stores keys and
+    values in float16 when the model runs in float32 on the CPU (as llama.cpp's default f16 cache: half the
+    bytes that decode attention reads, twice the tokens per budget) and in the model's dtype otherwise.
     """
 
     max_num_seqs: int = 16  # requests decoded together in one step
@@ -120,6 +123,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     device: str = "cpu"
     dtype: str = "float32"
+    kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # torch.set_num_threads on CPU; None: leave torch's setting
 
@@ -132,7 +136,15 @@ class EngineConfig:
         _require(self.kv_cache_bytes is None or self.kv_cache_bytes > 0, "kv_cache_bytes must be > 0")
         _require(self.max_model_len is None or self.max_model_len > 0, "max_model_len must be > 0")
         _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.kv_cache_dtype in KV_CACHE_DTYPES,
+                 f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         _require(self.num_threads is None or self.num_threads > 0, "num_threads must be > 0")
+
+    def resolved_kv_cache_dtype(self) -> str:
+        """The dtype the KV cache is stored in ("auto" resolved, see the class docstring)."""
+        if self.kv_cache_dtype != "auto":
+            return self.kv_cache_dtype
+        return "float16" if self.dtype == "float32" and self.device.split(":")[0] == "cpu" else self.dtype
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:

@@ -58,7 +58,7 @@ def plan_num_blocks(model_config: ModelConfig, config: EngineConfig, max_model_l
     """KV blocks that fit the configured budget, capped at what max_num_seqs full-length sequences use."""
     per_block = kv_bytes_per_block(model_config.num_hidden_layers, config.kv_block_size,
                                    model_config.num_key_value_heads, model_config.head_dim,
-                                   resolve_dtype(config.dtype))
+                                   resolve_dtype(config.resolved_kv_cache_dtype()))
     budget = config.kv_cache_bytes or int(config.kv_cache_memory_fraction * _free_memory(config.device))
     needed = config.max_num_seqs * -(-max_model_len // config.kv_block_size)
     num_blocks = min(budget // per_block, needed)
@@ -89,7 +89,7 @@ class ModelRunner:
                         self.device.type, config.dtype)
         self.kv_caches = allocate_kv_caches(model_config.num_hidden_layers, num_blocks, self.block_size,
                                             model_config.num_key_value_heads, model_config.head_dim,
-                                            self.dtype, self.device)
+                                            resolve_dtype(config.resolved_kv_cache_dtype()), self.device)
         self.fused_decoder = None
         if self.device.type == "cpu" and self.dtype == torch.float32 and kernels.enabled():
             self.fused_decoder = FusedDecoder.for_model(self.model, self.kv_caches)

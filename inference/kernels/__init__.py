@@ -70,6 +70,7 @@ SMALL_M_MAX = 8  # linear.h: up to this many rows, grouped int8 decodes in regis
 PATH_ENV = "OPSLAB_CPU_PATH"
 AMX_CPU_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 FORMATS = {"float32": 0, "int8": 1, "int4": 2, "w8a8": 3}
+KV_CACHE_DTYPES = (torch.float32, torch.float16)  # KV caches the attention kernels read (float16 through F16C)
 ROWS = 4  # output rows per block in the kernel: out_features must be a multiple
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,9 @@ def load(path: str) -> ctypes.CDLL:
     lib.opslab_decode_step.restype = ctypes.c_int
     lib.opslab_decode_step.argtypes = [pointer, i64, pointer, pointer, pointer, pointer, i64, pointer, i64, pointer]
     lib.opslab_paged_decode_attention.restype = ctypes.c_int
-    lib.opslab_paged_decode_attention.argtypes = [pointer, i64, pointer, i64, i64, i64, i64, pointer, pointer, i64,
-                                                  pointer, i64, pointer, i64, ctypes.c_float, pointer, i64]
+    lib.opslab_paged_decode_attention.argtypes = [pointer, i64, pointer, i64, i64, i64, i64, pointer, pointer,
+                                                  ctypes.c_int, i64, pointer, i64, pointer, i64, ctypes.c_float,
+                                                  pointer, i64]
     log.info("CPU kernels: %s path on %s (supported here: %s; amx: %s)", path, cpu_model(),
              ", ".join(supported_paths()), amx_status())
     return lib
@@ -287,9 +289,11 @@ MAX_GROUP = 8  # query heads per kv head the attention kernel takes
 
 
 def supports_attention(q: torch.Tensor, key_cache: torch.Tensor) -> bool:
-    """Whether `paged_decode_attention` can take these queries and this cache."""
+    """Whether `paged_decode_attention` can take these queries and this cache (float32 queries; a float32 or
+    float16 cache)."""
     heads, kv_heads, head_dim = q.shape[1], key_cache.shape[2], key_cache.shape[3]
-    return (q.device.type == "cpu" and q.dtype == key_cache.dtype == torch.float32 and head_dim % 8 == 0
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and key_cache.dtype in KV_CACHE_DTYPES
+            and head_dim % 8 == 0
             and heads % kv_heads == 0 and heads // kv_heads <= MAX_GROUP and q.stride(2) == 1
             and q.stride(1) == head_dim and key_cache.is_contiguous() and enabled())
 
@@ -305,8 +309,9 @@ def paged_decode_attention(q: torch.Tensor, rows: torch.Tensor, kv_cache: tuple[
     tables = block_tables.contiguous()
     status = library().opslab_paged_decode_attention(
         q.data_ptr(), q.stride(0), rows.data_ptr(), rows.numel(), q.shape[1], kv_heads, head_dim,
-        key_cache.data_ptr(), value_cache.data_ptr(), block_size, tables.data_ptr(), tables.stride(0),
-        context_lens.data_ptr(), max_context, head_dim ** -0.5, out.data_ptr(), out.stride(0))
+        key_cache.data_ptr(), value_cache.data_ptr(), int(key_cache.dtype == torch.float16), block_size,
+        tables.data_ptr(), tables.stride(0), context_lens.data_ptr(), max_context, head_dim ** -0.5, out.data_ptr(),
+        out.stride(0))
     if status != 0:
         raise MemoryError("paged decode attention kernel: scratch allocation failed")
 

@@ -1,7 +1,7 @@
 /*
  * Decode attention over the paged KV cache (x86-64, AVX2 + FMA, OpenMP): one query token per sequence,
  * reading keys and values in place through the block table instead of gathering them into a dense copy
- * (see attention.h). Work is split over (sequence, kv head) pairs.
+ * (see attention.h). Work is split over (sequence, kv head) pairs. Caches are float32, or float16 when `half`.
  * Requires head_dim % 8 == 0 and at most MAX_GROUP query heads per kv head; the caller checks.
  */
 #include <omp.h>
@@ -14,7 +14,7 @@
  * Returns 0, or -1 when the scratch allocation fails. */
 int opslab_paged_decode_attention(const float *q, int64_t q_row_stride, const int64_t *rows, int64_t num_seqs,
                                   int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                                  const float *key_cache, const float *value_cache, int64_t block_size,
+                                  const void *key_cache, const void *value_cache, int half, int64_t block_size,
                                   const int64_t *block_tables, int64_t table_stride, const int64_t *context_lens,
                                   int64_t max_context, float scale, float *out, int64_t out_row_stride) {
     int group = (int)(num_heads / num_kv_heads);
@@ -31,9 +31,15 @@ int opslab_paged_decode_attention(const float *q, int64_t q_row_stride, const in
         for (int64_t task = 0; task < num_seqs * num_kv_heads; task++) {
             if (!scores) continue;
             int64_t b = task / num_kv_heads, g = task % num_kv_heads, first_head = g * group * head_dim;
-            attend_kv_head(q + rows[b] * q_row_stride + first_head, group, g, num_kv_heads, head_dim, key_cache,
-                           value_cache, block_size, block_tables + b * table_stride, context_lens[b], scale, scores,
-                           scores_stride, out + rows[b] * out_row_stride + first_head);
+            const float *query = q + rows[b] * q_row_stride + first_head;
+            const int64_t *table = block_tables + b * table_stride;
+            float *heads_out = out + rows[b] * out_row_stride + first_head;
+            if (half)
+                attend_kv_head(query, group, g, num_kv_heads, head_dim, key_cache, value_cache, block_size, table,
+                               context_lens[b], scale, scores, scores_stride, heads_out, 1);
+            else
+                attend_kv_head(query, group, g, num_kv_heads, head_dim, key_cache, value_cache, block_size, table,
+                               context_lens[b], scale, scores, scores_stride, heads_out, 0);
         }
         free(scores);
     }

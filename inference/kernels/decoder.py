@@ -36,8 +36,8 @@ class LayerDesc(ctypes.Structure):
 
 class DecoderDesc(ctypes.Structure):
     _fields_ = [("num_layers", _i64), ("hidden", _i64), ("heads", _i64), ("kv_heads", _i64), ("head_dim", _i64),
-                ("intermediate", _i64), ("block_size", _i64), ("eps", ctypes.c_float), ("embedding", _pointer),
-                ("final_norm", _pointer), ("inv_freq", _pointer), ("head", LinearDesc),
+                ("intermediate", _i64), ("block_size", _i64), ("kv_half", _i64), ("eps", ctypes.c_float),
+                ("embedding", _pointer), ("final_norm", _pointer), ("inv_freq", _pointer), ("head", LinearDesc),
                 ("layers", ctypes.POINTER(LayerDesc))]
 
 
@@ -59,13 +59,14 @@ class FusedDecoder:
             desc.post_attention_norm = self._address(layer.post_attention_layernorm.weight)
             desc.qkv, desc.o = self._linear(layer.self_attn.qkv_proj), self._linear(layer.self_attn.o_proj)
             desc.gate_up, desc.down = self._linear(layer.mlp.gate_up_proj), self._linear(layer.mlp.down_proj)
-            desc.key_cache, desc.value_cache = self._address(keys), self._address(values)
+            desc.key_cache, desc.value_cache = self._cache_address(keys), self._cache_address(values)
         head = model.lm_head if model.lm_head is not None else _tied_head(decoder.embed_tokens.weight)
         self._layers = layers
         self._desc = DecoderDesc(
             num_layers=len(decoder.layers), hidden=config.hidden_size, heads=config.num_attention_heads,
             kv_heads=config.num_key_value_heads, head_dim=config.head_dim, intermediate=config.intermediate_size,
-            block_size=kv_caches[0][0].shape[1], eps=config.rms_norm_eps,
+            block_size=kv_caches[0][0].shape[1], kv_half=kv_caches[0][0].dtype == torch.float16,
+            eps=config.rms_norm_eps,
             embedding=self._address(decoder.embed_tokens.weight), final_norm=self._address(decoder.norm.weight),
             inv_freq=self._address(decoder.rotary_emb.inv_freq.float()), head=self._linear(head), layers=layers)
         self.vocab_size = head.out_features
@@ -105,6 +106,12 @@ class FusedDecoder:
             raise Unsupported("a non-contiguous weight")
         self._keep.append(tensor)
         return tensor.data_ptr()
+
+    def _cache_address(self, cache: torch.Tensor) -> int:
+        if cache.dtype not in kernels.KV_CACHE_DTYPES or cache.device.type != "cpu" or not cache.is_contiguous():
+            raise Unsupported(f"a {cache.dtype} KV cache on {cache.device}")
+        self._keep.append(cache)
+        return cache.data_ptr()
 
     def _linear(self, module: nn.Module) -> LinearDesc:
         """The C description of a float32 nn.Linear, an Int8Linear (w8a8 too) or an Int4Linear (float32 scales)."""
@@ -147,5 +154,5 @@ def _check(config, kv_caches) -> None:
     if config.hidden_size % 8 or config.intermediate_size % 8:
         raise Unsupported("hidden or intermediate size not a multiple of 8")
     keys = kv_caches[0][0]
-    if keys.dtype != torch.float32 or keys.device.type != "cpu":
+    if keys.dtype not in kernels.KV_CACHE_DTYPES or keys.device.type != "cpu":
         raise Unsupported(f"a {keys.dtype} KV cache on {keys.device}")

@@ -36,11 +36,12 @@ typedef struct {
 typedef struct {
     const float *input_norm, *post_attention_norm;
     linear_desc qkv, o, gate_up, down;
-    float *key_cache, *value_cache;  /* [num_blocks, block_size, kv_heads, head_dim] */
+    void *key_cache, *value_cache;  /* [num_blocks, block_size, kv_heads, head_dim], float32 or float16 */
 } layer_desc;
 
 typedef struct {
     int64_t num_layers, hidden, heads, kv_heads, head_dim, intermediate, block_size;
+    int64_t kv_half;         /* the caches hold float16 (else float32) */
     float eps;
     const float *embedding;  /* [vocab, hidden] */
     const float *final_norm;
@@ -135,17 +136,30 @@ int opslab_decode_step(const decoder_desc *model, int64_t M, const int64_t *toke
                 float *head = qkv + m * qkv_size + h * d;
                 if (h < heads + kvh) rotate_head(head, half, cos + m * half, sin + m * half);
                 if (h >= heads) {
-                    float *cache = h < heads + kvh ? layer->key_cache : layer->value_cache;
-                    int64_t g = h < heads + kvh ? h - heads : h - heads - kvh;
-                    memcpy(cache + slots[m] * token_stride + g * d, head, (size_t)d * sizeof(float));
+                    void *cache = h < heads + kvh ? layer->key_cache : layer->value_cache;
+                    int64_t g = h < heads + kvh ? h - heads : h - heads - kvh, at = slots[m] * token_stride + g * d;
+                    if (model->kv_half)  /* round to nearest even, as PyTorch's .to(float16) */
+                        for (int64_t i = 0; i < d; i += 8)
+                            _mm_storeu_si128((__m128i *)((uint16_t *)cache + at + i),
+                                             _mm256_cvtps_ph(_mm256_loadu_ps(head + i), _MM_FROUND_TO_NEAREST_INT));
+                    else
+                        memcpy((float *)cache + at, head, (size_t)d * sizeof(float));
                 }
             }
             #pragma omp for schedule(static)
             for (int64_t task = 0; task < M * kvh; task++) {
                 int64_t m = task / kvh, g = task % kvh, first_head = g * group * d;
-                attend_kv_head(qkv + m * qkv_size + first_head, (int)group, g, kvh, d, layer->key_cache,
-                               layer->value_cache, model->block_size, block_tables + m * table_stride,
-                               context_lens[m], scale, scores, scores_stride, attn + m * heads * d + first_head);
+                const float *query = qkv + m * qkv_size + first_head;
+                const int64_t *table = block_tables + m * table_stride;
+                float *heads_out = attn + m * heads * d + first_head;
+                if (model->kv_half)
+                    attend_kv_head(query, (int)group, g, kvh, d, layer->key_cache, layer->value_cache,
+                                   model->block_size, table, context_lens[m], scale, scores, scores_stride, heads_out,
+                                   1);
+                else
+                    attend_kv_head(query, (int)group, g, kvh, d, layer->key_cache, layer->value_cache,
+                                   model->block_size, table, context_lens[m], scale, scores, scores_stride, heads_out,
+                                   0);
             }
             linear(attn, M, &layer->o, x, scratch, xsum, &xq, 1);
 

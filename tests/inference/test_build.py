@@ -39,7 +39,8 @@ def test_engine_config_records_model_quant_runtime_and_source(tmp_path, tiny_hf_
     assert config["dtype"] == "bfloat16" and config["quant"] == {"mode": "int4", "group_size": 32, "quantize_head": True}
     assert config["lora"] is None and config["model"]["hidden_size"] == 64
     assert config["runtime"] == {"max_num_seqs": 4, "max_num_batched_tokens": 512, "kv_block_size": 8,
-                                 "kv_cache_memory_fraction": 0.1, "kv_cache_bytes": 1 << 20, "max_model_len": 256}
+                                 "kv_cache_memory_fraction": 0.1, "kv_cache_bytes": 1 << 20, "kv_cache_dtype": "auto",
+                                 "max_model_len": 256}
     assert len(config["build"]["sha256"]) == 64 and config["build"]["source"].endswith(tiny_hf_dir.name)
     assert {"model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}
 

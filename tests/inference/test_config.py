@@ -46,3 +46,19 @@ def test_engine_config_overrides_and_validation():
                 dict(max_num_seqs=32, max_num_batched_tokens=16)):
         with pytest.raises(ValueError):
             EngineConfig(**bad)
+
+
+@pytest.mark.parametrize(("options", "stored_in"), [
+    ({}, "float16"),  # a float32 model on the CPU: float16 keys and values, as llama.cpp's default cache
+    ({"kv_cache_dtype": "float32"}, "float32"),
+    ({"dtype": "bfloat16"}, "bfloat16"),  # "auto" follows a narrower model dtype
+    ({"device": "cuda:0"}, "float32"),
+    ({"device": "cuda", "kv_cache_dtype": "float16"}, "float16"),
+])
+def test_kv_cache_dtype_auto_and_explicit(options, stored_in):
+    assert EngineConfig(**options).resolved_kv_cache_dtype() == stored_in
+
+
+def test_a_bad_kv_cache_dtype_names_the_choices():
+    with pytest.raises(ValueError, match=r"kv_cache_dtype must be one of \('auto', 'float32', 'bfloat16', 'float16'\)"):
+        EngineConfig(kv_cache_dtype="int8")

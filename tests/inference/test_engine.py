@@ -69,7 +69,8 @@ def test_seeded_sampling_is_independent_of_batching(hf_model):
 
 def test_preemption_under_a_tiny_kv_budget_keeps_tokens_identical(hf_model):
     prompts = random_prompts([10, 7, 12, 9, 11, 6], seed=3)
-    llm = tiny_llm(hf_model, kv_cache_bytes=12 * 2048, max_num_batched_tokens=16)  # 12 blocks of 4 tokens
+    # 12 blocks of 4 tokens (the float16 cache "auto" picks: 1024 bytes a block)
+    llm = tiny_llm(hf_model, kv_cache_bytes=12 * 1024, max_num_batched_tokens=16)
     assert llm.engine.block_manager.num_blocks == 12
     params = SamplingParams(temperature=0, max_tokens=16)
     batched = [out.token_ids for out in llm.generate(prompts, params)]
@@ -92,7 +93,7 @@ def test_abort_frees_every_block(hf_model):
 
 
 def test_request_that_can_never_fit_raises(hf_model):
-    llm = tiny_llm(hf_model, kv_cache_bytes=4 * 2048)  # 4 blocks = 16 tokens
+    llm = tiny_llm(hf_model, kv_cache_bytes=4 * 1024)  # 4 float16 blocks = 16 tokens
     with pytest.raises(ValueError, match="never fit"):
         llm.generate([list(range(10))], SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="max_model_len"):

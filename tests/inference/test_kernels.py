@@ -199,12 +199,15 @@ def test_kernels_can_be_switched_off():
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 4, 32), (8, 1, 16)])
-def test_paged_decode_attention_equals_softmax_attention_over_the_gathered_cache(heads, kv_heads, head_dim):
+def test_paged_decode_attention_equals_softmax_attention_over_the_gathered_cache(heads, kv_heads, head_dim,
+                                                                                  cache_dtype):
+    """Float16 caches are widened exactly (F16C), so they match float32 attention over the same values."""
     torch.manual_seed(0)
     num_blocks, block_size = 64, 16
-    key_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim)
-    value_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim)
+    key_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim).to(cache_dtype)
+    value_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim).to(cache_dtype)
     context_lens = torch.tensor([1, 7, 16, 17, 100, 33])  # one token, partial and whole blocks, many blocks
     tables = torch.randperm(num_blocks)[:6 * 7].reshape(6, 7)  # scattered blocks
     qk = torch.randn(10, heads + kv_heads, head_dim)  # queries are a view with a wider row, as in the model
@@ -214,8 +217,8 @@ def test_paged_decode_attention_equals_softmax_attention_over_the_gathered_cache
     kernels.paged_decode_attention(q, rows, (key_cache, value_cache), tables, context_lens, 100, out)
     for b, row in enumerate(rows.tolist()):
         n = int(context_lens[b])
-        keys = key_cache[tables[b]].flatten(0, 1)[:n].repeat_interleave(heads // kv_heads, dim=1)  # [n, heads, d]
-        values = value_cache[tables[b]].flatten(0, 1)[:n].repeat_interleave(heads // kv_heads, dim=1)
+        keys = key_cache[tables[b]].flatten(0, 1)[:n].float().repeat_interleave(heads // kv_heads, dim=1)  # [n, h, d]
+        values = value_cache[tables[b]].flatten(0, 1)[:n].float().repeat_interleave(heads // kv_heads, dim=1)
         weights = torch.softmax(torch.einsum("hd,nhd->hn", q[row], keys) / head_dim ** 0.5, dim=-1)
         torch.testing.assert_close(out[row], torch.einsum("hn,nhd->hd", weights, values), rtol=1e-5, atol=1e-5)
     assert out[[1, 3, 6, 8]].isnan().all()  # rows of other tokens untouched
@@ -224,6 +227,8 @@ def test_paged_decode_attention_equals_softmax_attention_over_the_gathered_cache
 def test_attention_kernel_supports_only_what_it_takes():
     cache = torch.zeros(4, 16, 2, 64)
     assert kernels.supports_attention(torch.zeros(3, 6, 64), cache)
+    assert kernels.supports_attention(torch.zeros(3, 6, 64), cache.half())  # a float16 cache, float32 queries
+    assert not kernels.supports_attention(torch.zeros(3, 6, 64), cache.bfloat16())
     assert not kernels.supports_attention(torch.zeros(3, 6, 64, dtype=torch.bfloat16), cache.bfloat16())
     assert not kernels.supports_attention(torch.zeros(3, 18, 64), cache)  # 9 query heads per kv head
     assert not kernels.supports_attention(torch.zeros(3, 6, 12), torch.zeros(4, 16, 2, 12))  # head_dim % 8
