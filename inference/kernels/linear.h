@@ -344,13 +344,14 @@ INLINE void bf16_rows(const float *x, int64_t M, int64_t K, uint16_t *out) {
         }
 }
 
-/* Row `row` of grouped INT8 W, scales applied, as bf16 into out[K]. */
+/* Row `row` of grouped INT8 W, scales applied, as bf16 into out[K] (K % 32 == 0). */
 INLINE void decode_row_bf16(const weights_t *w, int64_t row, int64_t K, uint16_t *out) {
     const uint8_t *p = w->weight + row * w->row_bytes;
     const float *scales = w->scales + row * w->groups;
     for (int64_t g = 0, k0 = 0; k0 < K; g++, k0 += w->group_size) {
+        int64_t end = k0 + w->group_size < K ? k0 + w->group_size : K;
         __m512 scale = _mm512_set1_ps(scales[g]);
-        for (int64_t k = k0; k < k0 + w->group_size; k += 32) {
+        for (int64_t k = k0; k < end; k += 32) {
             __m512bh pair = _mm512_cvtne2ps_pbh(_mm512_mul_ps(load_int8x16(p + k + 16), scale),
                                                 _mm512_mul_ps(load_int8x16(p + k), scale));
             _mm512_storeu_si512(out + k, (__m512i)pair);
@@ -591,8 +592,9 @@ INLINE void w8a8_block_tiled(const act8_t *xq, int64_t m0, int64_t M, int64_t K,
 
 /* The rows of W this thread owns, for every panel of x. Called inside a parallel region with a literal
  * format, so each format gets its own fully specialised loop; returns after the threads' closing barrier.
- * `scratch`: this thread's ROWS * K floats (M >= 2, INT8/INT4); INT4 with M == 1 needs w->xsum; W8A8 needs
- * `xq`, room for x quantized (shared by the threads). */
+ * `scratch`: this thread's ROWS * K floats (M >= 2, INT8/INT4; grouped INT8 on the bf16 path at every M);
+ * INT4 with M == 1 needs w->xsum; W8A8 needs `xq`, room for x quantized (shared by the threads), and so does
+ * grouped INT8 on the bf16 path (x in bf16). */
 INLINE void run(const float *x, int64_t M, int64_t K, int64_t N, const weights_t *w, int format,
                 const float *bias, float *y, float *scratch, const act8_t *xq, int accumulate) {
     uint16_t *x_bf16 = bf16_tiles(format, w) ? (uint16_t *)xq->values : NULL;  /* NULL off the bf16 path */

@@ -82,6 +82,12 @@ def test_fused_decode_steps_equal_the_module_path(checkpoint, mode, group_size, 
 def test_the_module_path_runs_what_the_kernel_cannot_take(checkpoint, tmp_path, monkeypatch):
     bfloat16 = LLM.from_model(quantized_model(checkpoint, QuantConfig("none")), None, CONFIG.replace(dtype="bfloat16"))
     assert bfloat16.engine.runner.fused_decoder is None
+    # a float32 model over a bfloat16 cache: no kernel reads one, so the module path widens what it gathers
+    bf16_cache = LLM.from_model(quantized_model(checkpoint, QuantConfig("int8")), None,
+                                CONFIG.replace(kv_cache_dtype="bfloat16"))
+    assert bf16_cache.engine.runner.fused_decoder is None
+    assert bf16_cache.engine.runner.kv_caches[0][0].dtype == torch.bfloat16
+    assert len(bf16_cache.generate([[1, 2, 3]], SamplingParams(max_tokens=5, ignore_eos=True))[0].token_ids) == 5
     odd_vocab = quantized_model(load_checkpoint(save_tiny_hf(tmp_path)), QuantConfig("none"))  # 258 logit rows
     llm = LLM.from_model(odd_vocab, None, CONFIG)
     assert llm.engine.runner.fused_decoder is None
