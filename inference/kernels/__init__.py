@@ -50,8 +50,8 @@ LIBS = ("-lm",)
 @dataclass(frozen=True)
 class CpuPath:
     """One build of the kernels: the compiler's instruction-set flags and the CPU flags they need.
-    `bf16_products`: grouped int8 weights (the output head) meet x in bf16 products at more than
-    SMALL_M_MAX rows (linear.h), float32 elsewhere."""
+    `bf16_products`: grouped int8 weights (the output head) meet x in bf16 products, at every row count
+    (linear.h's bf16_tiles)."""
     name: str
     compiler_flags: tuple[str, ...]
     cpu_flags: tuple[str, ...]
@@ -66,7 +66,6 @@ _AVX512_BF16 = CpuPath("avx512bf16", _AVX512.compiler_flags + ("-mavx512bf16",),
                        bf16_products=True)
 # widest first: the order the run-time choice tries
 PATHS = {path.name: path for path in (_AVX512_BF16, _AVX512, _AVX2)}
-SMALL_M_MAX = 8  # linear.h: up to this many rows, grouped int8 decodes in registers (float32 products)
 PATH_ENV = "OPSLAB_CPU_PATH"
 AMX_CPU_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 FORMATS = {"float32": 0, "int8": 1, "int4": 2, "w8a8": 3}

@@ -22,22 +22,21 @@
 #include "simd.h"
 
 #define MAX_GROUP 8
-#define KV_INLINE static inline __attribute__((always_inline))
 
 /* The cache value at `index` (counted in values) as an address. */
-KV_INLINE const void *kv_at(const void *cache, int64_t index, int half) {
+INLINE const void *kv_at(const void *cache, int64_t index, int half) {
     return half ? (const void *)((const uint16_t *)cache + index) : (const void *)((const float *)cache + index);
 }
 
 /* 8 cache values from `index` on, as floats. */
-KV_INLINE __m256 load_kv8(const void *cache, int64_t index, int half) {
+INLINE __m256 load_kv8(const void *cache, int64_t index, int half) {
     return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)cache + index)))
                 : _mm256_loadu_ps((const float *)cache + index);
 }
 
 /* Ask for `values` values of each of the `count` token rows (token_stride apart) of the next block before they
  * are needed: blocks sit anywhere in the cache, so the hardware prefetcher cannot run ahead across them. */
-KV_INLINE void prefetch_block(const void *rows, int64_t count, int64_t token_stride, int64_t values, int half) {
+INLINE void prefetch_block(const void *rows, int64_t count, int64_t token_stride, int64_t values, int half) {
     int64_t row_bytes = values << (half ? 1 : 2), stride_bytes = token_stride << (half ? 1 : 2);
     for (int64_t i = 0; i < count; i++, rows = (const char *)rows + stride_bytes)
         for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch((const char *)rows + b, _MM_HINT_T0);
@@ -48,7 +47,7 @@ KV_INLINE void prefetch_block(const void *rows, int64_t count, int64_t token_str
 /* scores[j, i] = scale * q_j . k_i for `heads` (<= HEADS_AT_ONCE) query heads and the four keys at key,
  * key + token_stride, ...: each key vector is loaded once for all the heads, and the 4 * heads FMA chains
  * are independent. Called with a literal `heads`, so the accumulators stay in registers. */
-KV_INLINE void scores4(const float *const *queries, int heads, const void *key, int64_t token_stride, int64_t head_dim,
+INLINE void scores4(const float *const *queries, int heads, const void *key, int64_t token_stride, int64_t head_dim,
                        __m128 scale, float *scores, int64_t scores_stride, int half) {
     __m256 acc[HEADS_AT_ONCE][4];
     for (int j = 0; j < heads; j++)
@@ -67,7 +66,7 @@ KV_INLINE void scores4(const float *const *queries, int heads, const void *key, 
 
 /* scores[j, t] = scale * q_j . k_t for the `group` query heads of one (sequence, kv head) pair; the keys
  * are walked block by block (no division per token), four at a time, the next block prefetched. */
-KV_INLINE void scores_of(const float *const *queries, int group, const void *key_cache, const int64_t *table,
+INLINE void scores_of(const float *const *queries, int group, const void *key_cache, const int64_t *table,
                          int64_t context, int64_t block_size, int64_t token_stride, int64_t head_dim, float scale,
                          float *scores, int64_t scores_stride, int half) {
     __m128 vscale = _mm_set1_ps(scale);
@@ -114,7 +113,7 @@ static float softmax_numerators(float *scores, int64_t context) {
 }
 
 /* out = (sum_t weights[t] * v_t) * inv_sum, for one query head. */
-KV_INLINE void weighted_values(const float *weights, float inv_sum, const void *value_cache, const int64_t *table,
+INLINE void weighted_values(const float *weights, float inv_sum, const void *value_cache, const int64_t *table,
                                int64_t context, int64_t block_size, int64_t token_stride, int64_t head_dim,
                                float *out, int half) {
     for (int64_t d0 = 0; d0 < head_dim; d0 += 64) {  /* 8 accumulators of 8 lanes at a time */
@@ -141,7 +140,7 @@ KV_INLINE void weighted_values(const float *weights, float inv_sum, const void *
 /* The same for `heads` (<= HEADS_AT_ONCE) query heads at once and the 32 values from d0 (head_dim % 32 == 0):
  * each value vector is loaded once for all the heads (3 heads x 4 vectors = 12 accumulators). Called with a
  * literal `heads`. */
-KV_INLINE void weighted_values32(const float *weights, int64_t weights_stride, const float *inv_sums, int heads,
+INLINE void weighted_values32(const float *weights, int64_t weights_stride, const float *inv_sums, int heads,
                                  const void *value_cache, const int64_t *table, int64_t context, int64_t block_size,
                                  int64_t token_stride, int64_t head_dim, int64_t d0, float *out, int half) {
     __m256 acc[HEADS_AT_ONCE][4];
@@ -171,10 +170,10 @@ KV_INLINE void weighted_values32(const float *weights, int64_t weights_stride, c
 /* Attention of the `group` query heads at q (contiguous, head_dim each) that share kv head g, over the first
  * `context` tokens of one sequence; writes the heads' outputs contiguously at out. `scores`: group *
  * scores_stride floats of scratch (scores_stride >= context). */
-KV_INLINE void attend_kv_head(const float *q, int group, int64_t g, int64_t num_kv_heads, int64_t head_dim,
-                              const void *key_cache, const void *value_cache, int64_t block_size, const int64_t *table,
-                              int64_t context, float scale, float *scores, int64_t scores_stride, float *out,
-                              int half) {
+INLINE void attend_kv_head_typed(const float *q, int group, int64_t g, int64_t num_kv_heads, int64_t head_dim,
+                                const void *key_cache, const void *value_cache, int64_t block_size,
+                                const int64_t *table, int64_t context, float scale, float *scores,
+                                int64_t scores_stride, float *out, int half) {
     int64_t token_stride = num_kv_heads * head_dim;
     const float *queries[MAX_GROUP] = {0};
     for (int j = 0; j < group; j++) queries[j] = q + j * head_dim;
@@ -202,6 +201,20 @@ KV_INLINE void attend_kv_head(const float *q, int group, int64_t g, int64_t num_
                                        block_size, token_stride, head_dim, d0, outs, half);
             }
         }
+}
+
+
+/* attend_kv_head_typed for a float32 (half == 0) or float16 cache, each with its own specialised code. */
+static inline void attend_kv_head(const float *q, int group, int64_t g, int64_t num_kv_heads, int64_t head_dim,
+                                  const void *key_cache, const void *value_cache, int half, int64_t block_size,
+                                  const int64_t *table, int64_t context, float scale, float *scores,
+                                  int64_t scores_stride, float *out) {
+    if (half)
+        attend_kv_head_typed(q, group, g, num_kv_heads, head_dim, key_cache, value_cache, block_size, table, context,
+                             scale, scores, scores_stride, out, 1);
+    else
+        attend_kv_head_typed(q, group, g, num_kv_heads, head_dim, key_cache, value_cache, block_size, table, context,
+                             scale, scores, scores_stride, out, 0);
 }
 
 #endif

@@ -31,15 +31,9 @@ int opslab_paged_decode_attention(const float *q, int64_t q_row_stride, const in
         for (int64_t task = 0; task < num_seqs * num_kv_heads; task++) {
             if (!scores) continue;
             int64_t b = task / num_kv_heads, g = task % num_kv_heads, first_head = g * group * head_dim;
-            const float *query = q + rows[b] * q_row_stride + first_head;
-            const int64_t *table = block_tables + b * table_stride;
-            float *heads_out = out + rows[b] * out_row_stride + first_head;
-            if (half)
-                attend_kv_head(query, group, g, num_kv_heads, head_dim, key_cache, value_cache, block_size, table,
-                               context_lens[b], scale, scores, scores_stride, heads_out, 1);
-            else
-                attend_kv_head(query, group, g, num_kv_heads, head_dim, key_cache, value_cache, block_size, table,
-                               context_lens[b], scale, scores, scores_stride, heads_out, 0);
+            attend_kv_head(q + rows[b] * q_row_stride + first_head, group, g, num_kv_heads, head_dim, key_cache,
+                           value_cache, half, block_size, block_tables + b * table_stride, context_lens[b], scale,
+                           scores, scores_stride, out + rows[b] * out_row_stride + first_head);
         }
         free(scores);
     }

@@ -20,6 +20,7 @@ from inference.quant import Int4Linear, Int8Linear
 
 log = logging.getLogger(__name__)
 _i64, _pointer = ctypes.c_int64, ctypes.c_void_p
+WEIGHT_DTYPES = (torch.float32, torch.int8, torch.uint8)  # what weights the descriptors point into may be
 
 
 class LinearDesc(ctypes.Structure):
@@ -59,7 +60,8 @@ class FusedDecoder:
             desc.post_attention_norm = self._address(layer.post_attention_layernorm.weight)
             desc.qkv, desc.o = self._linear(layer.self_attn.qkv_proj), self._linear(layer.self_attn.o_proj)
             desc.gate_up, desc.down = self._linear(layer.mlp.gate_up_proj), self._linear(layer.mlp.down_proj)
-            desc.key_cache, desc.value_cache = self._cache_address(keys), self._cache_address(values)
+            desc.key_cache = self._address(keys, kernels.KV_CACHE_DTYPES)
+            desc.value_cache = self._address(values, kernels.KV_CACHE_DTYPES)
         head = model.lm_head if model.lm_head is not None else _tied_head(decoder.embed_tokens.weight)
         self._layers = layers
         self._desc = DecoderDesc(
@@ -99,19 +101,13 @@ class FusedDecoder:
             raise MemoryError("fused decode step: allocating its activations failed")
         return logits
 
-    def _address(self, tensor: torch.Tensor) -> int:
-        if tensor.dtype not in (torch.float32, torch.int8, torch.uint8) or tensor.device.type != "cpu":
+    def _address(self, tensor: torch.Tensor, dtypes: tuple[torch.dtype, ...] = WEIGHT_DTYPES) -> int:
+        if tensor.dtype not in dtypes or tensor.device.type != "cpu":
             raise Unsupported(f"a {tensor.dtype} tensor on {tensor.device}")
         if not tensor.is_contiguous():
             raise Unsupported("a non-contiguous weight")
         self._keep.append(tensor)
         return tensor.data_ptr()
-
-    def _cache_address(self, cache: torch.Tensor) -> int:
-        if cache.dtype not in kernels.KV_CACHE_DTYPES or cache.device.type != "cpu" or not cache.is_contiguous():
-            raise Unsupported(f"a {cache.dtype} KV cache on {cache.device}")
-        self._keep.append(cache)
-        return cache.data_ptr()
 
     def _linear(self, module: nn.Module) -> LinearDesc:
         """The C description of a float32 nn.Linear, an Int8Linear (w8a8 too) or an Int4Linear (float32 scales)."""

@@ -149,17 +149,10 @@ int opslab_decode_step(const decoder_desc *model, int64_t M, const int64_t *toke
             #pragma omp for schedule(static)
             for (int64_t task = 0; task < M * kvh; task++) {
                 int64_t m = task / kvh, g = task % kvh, first_head = g * group * d;
-                const float *query = qkv + m * qkv_size + first_head;
-                const int64_t *table = block_tables + m * table_stride;
-                float *heads_out = attn + m * heads * d + first_head;
-                if (model->kv_half)
-                    attend_kv_head(query, (int)group, g, kvh, d, layer->key_cache, layer->value_cache,
-                                   model->block_size, table, context_lens[m], scale, scores, scores_stride, heads_out,
-                                   1);
-                else
-                    attend_kv_head(query, (int)group, g, kvh, d, layer->key_cache, layer->value_cache,
-                                   model->block_size, table, context_lens[m], scale, scores, scores_stride, heads_out,
-                                   0);
+                attend_kv_head(qkv + m * qkv_size + first_head, (int)group, g, kvh, d, layer->key_cache,
+                               layer->value_cache, (int)model->kv_half, model->block_size,
+                               block_tables + m * table_stride, context_lens[m], scale, scores, scores_stride,
+                               attn + m * heads * d + first_head);
             }
             linear(attn, M, &layer->o, x, scratch, xsum, &xq, 1);
 

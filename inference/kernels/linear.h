@@ -47,7 +47,6 @@
 
 #include "simd.h"
 
-#define INLINE static inline __attribute__((always_inline))
 #define ROWS 4
 #if defined(__AVX512F__)
 #define MTILE 4        /* rows of x per tile: 4 x ROWS accumulators fit AVX-512's 32 registers */

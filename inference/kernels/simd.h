@@ -5,6 +5,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#define INLINE static inline __attribute__((always_inline))
+
 /* e^x for 8 floats (Cephes expf: range reduction by ln 2, degree-6 polynomial), relative error ~2e-7. */
 static inline __m256 exp8(__m256 x) {
     x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.37626f)), _mm256_set1_ps(-87.33654f));
